@@ -50,6 +50,10 @@ class TailLoss(nn.Module):
         """Width of the head for ``num_classes`` classes (C for softmax, C-1 for CORAL, 1 for CLM, L labels)."""
         return num_classes
 
+    def make_head(self, in_features: int, num_classes: int) -> nn.Module:
+        """The last layer for this parametrization; CORAL and cumulative-link losses override it."""
+        return nn.Linear(in_features, self.num_outputs(num_classes))
+
     def bind(self, statistics: DatasetStatistics) -> None:
         """Receive training-split statistics once, before training. Validates the task; subclasses extend."""
         if statistics.task not in self.tasks:
@@ -58,6 +62,18 @@ class TailLoss(nn.Module):
                 f"Choose a loss made for {statistics.task!r} targets (see configs/loss/)."
             )
         self.num_classes = statistics.num_classes
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook called by the LightningModule at each training epoch (deferred re-weighting uses it)."""
+
+    def prior_shift(self) -> Tensor | None:
+        """Log-space shift ``s`` that training with this loss puts on the optimum: ``log p_fit = log p + s``.
+
+        ``s_c = log w_c`` for class-weighted CE, ``-tau log pi_c`` for logit adjustment, ``log pos_weight`` on the
+        logit for weighted BCE; ``None`` when the loss does not bend the probabilities (or has no closed form).
+        The prior correction subtracts it so that reported probabilities are calibrated to the data.
+        """
+        return None
 
     def probabilities(self, outputs: Tensor) -> Tensor:
         """Class probabilities ``[B, C]`` (per-label probabilities for multi-label) from raw head outputs."""
