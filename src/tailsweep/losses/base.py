@@ -91,7 +91,7 @@ class TailLoss(nn.Module):
             return per_sample.sum()
         return per_sample
 
-    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:  # noqa: D102
+    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
 

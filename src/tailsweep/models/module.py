@@ -1,0 +1,118 @@
+"""The LightningModule: backbone -> loss-owned head -> loss; probabilities -> metrics.
+
+The loss decides the head's width and how outputs become class probabilities; every metric sees
+probabilities only, so any loss can be swapped in with ``loss=<name>`` and every metric still applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from tailsweep.data.stats import DatasetStatistics
+from tailsweep.losses.base import TailLoss
+from tailsweep.metrics.collections import build_metric_collection
+from tailsweep.models.backbones import build_backbone
+
+
+class TailClassifier(L.LightningModule):
+    """Image classifier for imbalanced, ordinal, soft or multi-label targets with a swappable loss.
+
+    Args:
+        backbone: ``tiny_cnn`` or a timm model name, or a module with a ``num_features`` attribute.
+        pretrained: load the backbone's pretrained weights (opt-in: it needs the network).
+        backbone_kwargs: extra keyword arguments for the backbone factory (e.g. ``drop_rate``).
+        loss: a ``TailLoss``; it builds the head and turns outputs into probabilities.
+        statistics: training-split statistics from the datamodule (task, C, class counts).
+        optimizer: partial of a ``torch.optim`` optimizer (Hydra ``_partial_: true``).
+        scheduler: optional partial of an LR scheduler, stepped per epoch.
+        metrics: per-stage metric names (``{"train": [...], "val": [...], "test": [...]}``); None = defaults.
+        channels_last: convert the model and images to channels-last memory format (faster convs on GPU).
+        compile: ``torch.compile`` the backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module,
+        loss: TailLoss,
+        statistics: DatasetStatistics,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        metrics: dict[str, Sequence[str] | None] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        pretrained: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        ignored = ["loss", "statistics"] + ([] if isinstance(backbone, str) else ["backbone"])
+        self.save_hyperparameters(ignore=ignored, logger=False)
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
+        loss.bind(statistics)
+        self.task = statistics.task
+        self.num_classes = statistics.num_classes
+        self.backbone = torch.compile(backbone) if compile else backbone
+        self.head = loss.make_head(backbone.num_features, statistics.num_classes)
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        names = dict(metrics or {})
+        self.train_metrics = self._metrics("train", names.get("train"))
+        self.val_metrics = self._metrics("val", names.get("val"))
+        self.test_metrics = self._metrics("test", names.get("test"))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _metrics(self, stage: str, names: Sequence[str] | None) -> MetricCollection:
+        return build_metric_collection(self.task, self.num_classes, stage=stage, names=names, prefix=f"{stage}/")
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(images))
+
+    def on_train_epoch_start(self) -> None:
+        self.loss.on_epoch_start(self.current_epoch)
+
+    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        outputs = self(batch["image"])
+        group_id = batch.get("group_id")
+        loss = self.loss(outputs, batch["target"], group_id=group_id)
+        return outputs, loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        outputs, loss = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=outputs.shape[0])
+        if len(self.train_metrics):
+            with torch.no_grad():
+                self.train_metrics.update(self.loss.probabilities(outputs.detach()), batch["target"])
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: MetricCollection) -> dict[str, Tensor]:
+        outputs, loss = self._step(batch)
+        probabilities = self.loss.probabilities(outputs)
+        metrics.update(probabilities, batch["target"], group_id=batch["group_id"])
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=outputs.shape[0], sync_dist=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False)
+        # returned for callbacks (plots) that collect predictions at the end of an evaluation epoch
+        return {"probabilities": probabilities, "target": batch["target"], "group_id": batch["group_id"]}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "test", self.test_metrics)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
