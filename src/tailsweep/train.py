@@ -11,6 +11,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tailsweep.utils.checkpointing import resolve_checkpoint
 from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.runtime import (
     METRICS_FILE,
@@ -42,6 +43,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    checkpoint = resolve_checkpoint(cfg.get("ckpt_path"), f"{cfg.paths.log_dir}/{cfg.task_name}/runs")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
     loss = instantiate(cfg.loss)
@@ -55,18 +57,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(resolved_config(cfg))
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=False)
     metrics = to_float_dict(trainer.callback_metrics)
 
     if cfg.get("test", True):
-        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update(to_float_dict(trainer.callback_metrics))
-        metrics["best_checkpoint"] = checkpoint  # type: ignore[assignment]
+    else:
+        best = ""
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    write_json(output_dir() / METRICS_FILE, {"status": "completed", "metrics": numbers,
-                                             "best_checkpoint": metrics.get("best_checkpoint", "")})
+    write_json(output_dir() / METRICS_FILE, {"status": "completed", "metrics": numbers, "best_checkpoint": best})
     print_metrics_table({k: v for k, v in numbers.items() if k.startswith(("val/", "test/"))}, "final metrics")
     return numbers
 

@@ -19,6 +19,12 @@ from tailsweep.losses.base import TailLoss
 from tailsweep.metrics.collections import build_metric_collection
 from tailsweep.models.backbones import build_backbone
 
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
 
 class TailClassifier(L.LightningModule):
     """Image classifier for imbalanced, ordinal, soft or multi-label targets with a swappable loss.
@@ -34,6 +40,9 @@ class TailClassifier(L.LightningModule):
         metrics: per-stage metric names (``{"train": [...], "val": [...], "test": [...]}``); None = defaults.
         channels_last: convert the model and images to channels-last memory format (faster convs on GPU).
         compile: ``torch.compile`` the backbone.
+        nonfinite_loss: ``raise`` (stop with the step, the batch's labels and the loss name) or ``skip`` (drop
+            the batch's update and count it in ``train/skipped_batches``). Either way a NaN/inf loss never
+            silently trains on; the check costs one device-to-host sync per step.
     """
 
     def __init__(
@@ -48,8 +57,13 @@ class TailClassifier(L.LightningModule):
         compile: bool = False,
         pretrained: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
+        nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"TailClassifier: nonfinite_loss must be one of {NONFINITE_POLICIES}, got {nonfinite_loss!r}"
+            )
         ignored = ["loss", "statistics"] + ([] if isinstance(backbone, str) else ["backbone"])
         self.save_hyperparameters(ignore=ignored, logger=False)
         if isinstance(backbone, str):
@@ -66,6 +80,7 @@ class TailClassifier(L.LightningModule):
         self.train_metrics = self._metrics("train", names.get("train"))
         self.val_metrics = self._metrics("val", names.get("val"))
         self.test_metrics = self._metrics("test", names.get("test"))
+        self.skipped_batches = 0
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -86,14 +101,27 @@ class TailClassifier(L.LightningModule):
         loss = self.loss(outputs, batch["target"], group_id=group_id)
         return outputs, loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         outputs, loss = self._step(batch)
+        if not torch.isfinite(loss):
+            return self._on_nonfinite_loss(loss, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=outputs.shape[0])
         if len(self.train_metrics):
             with torch.no_grad():
                 self.train_metrics.update(self.loss.probabilities(outputs.detach()), batch["target"])
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
+
+    def _on_nonfinite_loss(self, loss: Tensor, batch: dict[str, Tensor]) -> None:
+        labels = batch["target"].detach().cpu()
+        shown = labels.tolist() if labels.numel() <= 64 else f"{labels.flatten()[:64].tolist()} ..."
+        message = (f"{self.loss.name} returned a non-finite loss ({loss.item()}) at global step {self.global_step} "
+                   f"(epoch {self.current_epoch}); batch labels: {shown}")
+        if self.hparams.nonfinite_loss == "raise":
+            raise NonFiniteLossError(message + ". Set model.nonfinite_loss=skip to drop such batches instead.")
+        self.skipped_batches += 1
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+        return None
 
     def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: MetricCollection) -> dict[str, Tensor]:
         outputs, loss = self._step(batch)

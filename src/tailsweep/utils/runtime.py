@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -80,6 +81,10 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     run_dir = output_dir()
     try:
         return task(cfg)
+    except SIGTERMException:
+        write_json(run_dir / FAILURE_FILE, {"status": "interrupted", "error": "SIGTERM: resume with ckpt_path=last",
+                                            "overrides": list(HydraConfig.get().overrides.task)})
+        raise
     except Exception as error:
         write_json(run_dir / FAILURE_FILE, {
             "status": "failed",
