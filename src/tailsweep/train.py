@@ -12,6 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tailsweep.utils.checkpointing import resolve_checkpoint
+from tailsweep.utils.distributed import (
+    distributed_job_scope,
+    launch_ranks_as_single_jobs,
+    validate_trainer_config,
+)
 from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.runtime import (
     METRICS_FILE,
@@ -26,6 +31,7 @@ from tailsweep.utils.runtime import (
 )
 
 register_resolvers()
+launch_ranks_as_single_jobs()
 
 
 def check_monitor(monitor: str | None, model: L.LightningModule) -> None:
@@ -43,6 +49,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    validate_trainer_config(cfg.trainer)
     checkpoint = resolve_checkpoint(cfg.get("ckpt_path"), f"{cfg.paths.log_dir}/{cfg.task_name}/runs")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
@@ -76,7 +83,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the optimised metric so Hydra sweepers (Optuna) can use it."""
-    metrics = run_task(train, cfg)
+    with distributed_job_scope():
+        metrics = run_task(train, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

@@ -94,7 +94,8 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         })
         if not is_multirun():
             raise
-        Console(stderr=True).print(f"[red]job failed[/red] ({run_dir}): {type(error).__name__}: {error}")
+        Console(stderr=True).print(f"job failed ({run_dir}): {type(error).__name__}: {error}", style="red",
+                                   markup=False, highlight=False)
         return {}
 
 
