@@ -215,7 +215,7 @@ class _GroupSumDistribution(_GroupKeyedSums):
         f = self._frequencies
         rps, nll = [], []
         positions = torch.arange(self.support, device=groups.device)
-        for chunk in groups.split(COMPUTE_CHUNK_GROUPS):
+        for chunk in groups.split(COMPUTE_CHUNK_GROUPS) if groups.shape[0] else ():
             pmf = sum_distribution_from_log_cf(chunk[:, :f], chunk[:, f:2 * f], self.support)
             true_sum = chunk[:, -2].round().long()
             step = (positions >= true_sum.unsqueeze(1)).to(pmf.dtype)
