@@ -49,7 +49,7 @@ def group_sums(probs: np.ndarray, target: np.ndarray, group_id: np.ndarray, deco
     """{group: (predicted sum, true sum)}."""
     pred = point(probs, decoding)
     sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for p, y, g in zip(pred, target, group_id):
+    for p, y, g in zip(pred, target, group_id, strict=True):
         sums[int(g)][0] += p
         sums[int(g)][1] += y
     return dict(sums)
@@ -102,7 +102,7 @@ def topk_recall(probs: np.ndarray, target: np.ndarray, k: int) -> tuple[np.ndarr
     """Per label: positives ranked in the image's top k, and positives (unknown -1 is not positive)."""
     hits = np.zeros(probs.shape[1])
     positives = np.zeros(probs.shape[1])
-    for row, labels in zip(probs, target):
+    for row, labels in zip(probs, target, strict=True):
         top = set(np.argsort(-row, kind="stable")[:k].tolist())
         for label in np.flatnonzero(labels == 1):
             positives[label] += 1

@@ -3,6 +3,7 @@ land on both ranks and in different batches, a rank without data for a metric, u
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tailsweep.metrics import GroupSumError, GroupSumRPS, build_metric_collection
@@ -64,6 +65,8 @@ def _distributed(rank: int, world_size: int) -> dict[str, float]:
     return _run(torch.arange(rank, N, world_size), batch=16, rank=rank, use_forward=True)
 
 
+@pytest.mark.ddp
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")  # rank0_only is empty on rank 1
 def test_two_processes_equal_one() -> None:
     ranks = run_distributed(_distributed, world_size=2)
     assert ranks[0] == ranks[1]

@@ -67,7 +67,8 @@ def test_group_metrics_need_group_id(metric) -> None:
 
 
 def test_fixed_group_table_checks_the_id_range() -> None:
-    with pytest.raises(ValueError, match=r"GroupSumError: with max_groups=2, group_id must lie in 0..1, got range 0..2"):
+    message = r"GroupSumError: with max_groups=2, group_id must lie in 0..1, got range 0..2"
+    with pytest.raises(ValueError, match=message):
         GroupSumError(C, max_groups=2).update(PROBS, TARGET, group_id=torch.tensor([0, 2, 1]))
 
 

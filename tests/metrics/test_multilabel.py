@@ -7,13 +7,13 @@ import pytest
 import torch
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision
 
-import tailsweep.metrics.adapters as adapters
 from tailsweep.metrics import (
     MultilabelAUROCUnknown,
     MultilabelECE,
     MultilabelMAP,
     MultilabelTopKRecall,
     SoftTargetAccuracy,
+    adapters,
 )
 
 from . import reference as ref

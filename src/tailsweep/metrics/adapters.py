@@ -45,7 +45,7 @@ class _MultilabelTargetMixin:
             super().update(preds, target)  # type: ignore[misc]
             return
         rows = max(1, CHUNK_ELEMENTS // max(1, preds.shape[1] * len(thresholds)))
-        for preds_chunk, target_chunk in zip(preds.split(rows), target.split(rows)):
+        for preds_chunk, target_chunk in zip(preds.split(rows), target.split(rows), strict=True):
             super().update(preds_chunk, target_chunk)  # type: ignore[misc]
 
 

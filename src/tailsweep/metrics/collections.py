@@ -13,16 +13,18 @@ task           train                                  val / test
 multiclass     accuracy, macro_recall                 accuracy, macro_recall, macro_f1, nll, brier, ece
 ordinal        accuracy, ev_mae                       accuracy, ev_mae, ev_rmse, argmax_mae, rps, qwk,
                                                       macro_recall, amae, mmae, off_by_one, brier, nll, ece,
-                                                      and with ``max_group_size`` (the data has groups):
                                                       group_sum_mae, group_sum_rmse, group_sum_rel,
-                                                      group_sum_rps, group_sum_nll
+                                                      and with ``max_group_size``: group_sum_rps, group_sum_nll
 soft           accuracy, nll                          accuracy, nll, brier
 multilabel     f1                                     map, auroc, f1, ece, top3_recall, top5_recall
                                                       (top-k only where k < L)
 =============  =====================================  =========================================================
 
-Checkpoint monitors: ``val/group_sum_mae`` (mode min) for ordinal counting with groups, ``val/ev_mae`` (min)
-without groups, ``val/map`` (max) for multi-label, ``val/nll`` (min) for soft labels.
+Checkpoint monitors: ``val/group_sum_mae`` (mode min) for ordinal counting, ``val/map`` (max) for multi-label,
+``val/nll`` (min) for soft labels, ``val/macro_recall`` (max) for multi-class. Group metrics need ``group_id`` in
+every ``update`` of val/test; a sample alone in its group (the datamodule's default id when the data has no groups)
+makes ``group_sum_mae`` equal ``ev_mae``. ``max_group_size`` must cover the largest group of the evaluated split
+(``GroupSumRPS.compute`` raises otherwise).
 
 Every name, what it is (and which task may ask for it, see ``metric_names``):
 
@@ -169,6 +171,8 @@ REGISTRY: dict[str, tuple[frozenset[str], Callable[[int, MetricOptions, str], Me
 }
 
 GROUP_METRICS = ("group_sum_mae", "group_sum_rmse", "group_sum_rel", "group_sum_rps", "group_sum_nll")
+#: Group metrics whose support depends on ``max_group_size``: in the defaults only when it is given.
+SIZED_GROUP_METRICS = ("group_sum_rps", "group_sum_nll")
 
 DEFAULT_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "multiclass": {
@@ -178,7 +182,7 @@ DEFAULT_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "ordinal": {
         "train": ("accuracy", "ev_mae"),
         "eval": ("accuracy", "ev_mae", "ev_rmse", "argmax_mae", "rps", "qwk", "macro_recall", "amae", "mmae",
-                 "off_by_one", "brier", "nll", "ece"),
+                 "off_by_one", "brier", "nll", "ece", "group_sum_mae", "group_sum_rmse", "group_sum_rel"),
     },
     "soft": {"train": ("accuracy", "nll"), "eval": ("accuracy", "nll", "brier")},
     "multilabel": {"train": ("f1",), "eval": ("map", "auroc", "f1", "ece", "top3_recall", "top5_recall")},
@@ -198,7 +202,7 @@ def default_metric_names(task: str, stage: str, num_classes: int, *, max_group_s
     _check_stage(stage)
     names = DEFAULT_NAMES[task]["train" if stage == "train" else "eval"]
     if task == "ordinal" and stage != "train" and max_group_size is not None:
-        names = names + GROUP_METRICS
+        names = names + SIZED_GROUP_METRICS
     if task == "multilabel":
         names = tuple(n for n in names if not (n.startswith("top") and int(n[3]) >= num_classes))
     return names
@@ -231,8 +235,8 @@ def build_metric_collection(
         stage: ``train`` (a cheap subset), ``val`` or ``test`` (the full suite).
         names: registry names to use instead of the default set.
         prefix: key prefix, ``"{stage}/"`` by default.
-        max_group_size: most members of a group; given when the data has groups, it adds the group metrics to the
-            ordinal defaults and sizes ``GroupSumRPS``'s support.
+        max_group_size: most members a group of the evaluated split has (e.g. 8); adds ``group_sum_rps`` and
+            ``group_sum_nll`` to the ordinal val/test defaults and sizes their support.
         max_groups: number of distinct group ids when known (ids in ``0..max_groups-1``): fixed-size group tables.
         validate_args: check every input (one host sync per metric and update); False for speed.
     """
