@@ -63,7 +63,7 @@ def test_group_sum_of_the_seed_example() -> None:
 
 
 def test_keyed_states_stay_bounded_by_the_number_of_groups(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(group_module, "COALESCE_MIN_ROWS", 16)
+    monkeypatch.setattr(group_module, "COALESCE_MIN_ELEMENTS", 16 * 3)
     probs, target = class_probs(4000, C, 5), labels(4000, C, 5)
     group_id = torch.arange(4000) % 50  # 50 groups, members spread over every batch
     metric = GroupSumError(C)
@@ -72,7 +72,7 @@ def test_keyed_states_stay_bounded_by_the_number_of_groups(monkeypatch: pytest.M
         sl = slice(start, start + 40)
         metric.update(probs[sl], target[sl], group_id=group_id[sl])
         longest = max(longest, sum(t.shape[0] for t in metric.groupsum_expected_ids))
-    assert longest <= 2 * 50 + 16 + 40
+    assert longest <= 50 + max(50, 16) + 40
     close(metric.compute(), ref.group_sum_errors(probs.numpy(), target.numpy(), group_id.numpy())["mae"])
 
 

@@ -5,8 +5,9 @@ order, in different batches and on different DDP ranks. The states are per-group
 
 * ``max_groups=G`` known: a ``[G, width]`` table (ids in ``0..G-1``) summed across ranks; no host sync.
 * ``max_groups=None``: list states of (ids, rows), concatenated across ranks and coalesced (``torch.unique`` +
-  ``index_add``) whenever they grow past twice the number of distinct groups, so memory stays bounded by the
-  number of groups, not of samples; coalescing syncs with the host, on a small share of the updates.
+  ``index_add``) once the rows added since the last coalescing outnumber the distinct groups (and 8 MiB): memory
+  stays within twice the number of groups (plus that slack), not the number of samples, and each row is
+  coalesced a bounded number of times on average; coalescing syncs with the host, on a small share of updates.
 
 Every quantity summed per group (point predictions, labels, members, log-characteristic functions) is additive, so
 the distributed result equals the single-process one up to float64 rounding of the order of the additions.
@@ -23,16 +24,10 @@ from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from tailsweep.metrics.base import DECODINGS, STATE_DTYPE, ClassMetric, point_prediction
-from tailsweep.metrics.inputs import (
-    check_choice,
-    check_class_target,
-    check_group_id,
-    check_positive_int,
-    check_probabilities,
-)
+from tailsweep.metrics.inputs import check_choice, check_inputs, check_positive_int
 
-#: Un-coalesced rows tolerated on top of twice the coalesced ones before the next coalescing.
-COALESCE_MIN_ROWS = 1 << 16
+#: Un-coalesced values (rows x width) always tolerated before coalescing (8 MiB of float64).
+COALESCE_MIN_ELEMENTS = 1 << 20
 #: Groups turned into distributions at once in ``GroupSumRPS.compute`` (bounds the memory of the inverse FFT).
 COMPUTE_CHUNK_GROUPS = 4096
 GROUP_SUM_STATISTICS = ("mae", "rmse", "rel")
@@ -67,10 +62,8 @@ class _GroupKeyedSums(ClassMetric):
             self.add_state(self._table, torch.zeros(max_groups, width, dtype=STATE_DTYPE), dist_reduce_fx="sum")
 
     def _check(self, probs: Tensor, target: Tensor, group_id: Tensor | None) -> None:
-        name = type(self).__name__
-        check_probabilities(name, probs, self.num_classes)
-        check_class_target(name, target, probs.shape[0], self.num_classes)
-        check_group_id(name, group_id, probs.shape[0], self.max_groups)
+        check_inputs(type(self).__name__, probs, target, self.num_classes, group_id=group_id, needs_group=True,
+                     max_groups=self.max_groups)
 
     def _add_rows(self, group_id: Tensor, rows: Tensor) -> None:
         if self.max_groups is not None:
@@ -79,7 +72,8 @@ class _GroupKeyedSums(ClassMetric):
         ids, chunks = getattr(self, self._ids), getattr(self, self._rows)
         ids.append(group_id.long())
         chunks.append(rows)
-        if len(ids) > 1 and sum(t.shape[0] for t in ids) > 2 * ids[0].shape[0] + COALESCE_MIN_ROWS:
+        pending = sum(t.shape[0] for t in ids[1:])
+        if pending > max(ids[0].shape[0], COALESCE_MIN_ELEMENTS // self._width):
             unique, summed = coalesce_groups(torch.cat(ids), torch.cat(chunks))
             setattr(self, self._ids, [unique])
             setattr(self, self._rows, [summed])

@@ -7,27 +7,59 @@ Metrics receive probabilities (never logits) from ``TailLoss.probabilities``:
     multilabel: ``probs`` ``[B, L]`` per-label probabilities, ``target`` ``[B, L]`` with 1, 0 and -1 (unknown);
     ``group_id``: integer ``[B]``, the key of the group a sample belongs to.
 
-Each check costs one device-to-host transfer (all the extrema it needs are stacked and read at once); metrics
-skip it with ``validate_args=False``. Bad input raises a ``ValueError`` naming the metric, what was expected and
-what came.
+``check_inputs`` checks shapes and dtypes at once and reads every extremum it needs (value ranges, row sums,
+label and id ranges) in a single device-to-host transfer per update; metrics skip it with
+``validate_args=False``. Bad input raises a ``ValueError`` naming the metric, what was expected and what came.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 #: Rows of ``probs`` (and soft targets) may miss 1 by this much (float32 softmax of 1000 classes stays within it).
 ROW_SUM_TOLERANCE = 1e-3
+TARGET_KINDS = ("class", "class_or_soft", "multilabel")
+
+#: Value checks wait for the single transfer: the tensors to read, and a verdict (an error message or None).
+_Deferred = list[tuple[list[Tensor], Callable[[list[float]], str | None]]]
 
 
-def _extrema(*values: Tensor) -> list[float]:
-    """Read several scalar tensors to the host with a single synchronisation."""
-    return torch.stack([v.detach().to(torch.float64) for v in values]).tolist()
+def check_inputs(metric: str, probs: Tensor, target: Tensor, width: int, *, target_kind: str = "class",
+                 group_id: Tensor | None = None, needs_group: bool = False, max_groups: int | None = None) -> None:
+    """Validate one ``update``'s inputs; ``ValueError`` naming ``metric``, what it expected and what it got.
+
+    ``target_kind``: ``class`` (integer labels ``[B]`` in ``0..width-1``), ``class_or_soft`` (those, or float rows
+    ``[B, width]`` summing to 1), ``multilabel`` (``[B, width]`` in {1, 0, -1}; ``probs`` rows need not sum to 1).
+    ``needs_group``: ``group_id`` must be an integer ``[B]`` (in ``0..max_groups-1`` when ``max_groups`` is set).
+    """
+    deferred: _Deferred = []
+    _check_probabilities(metric, probs, width, target_kind != "multilabel", deferred)
+    if target_kind == "multilabel":
+        _check_multilabel_target(metric, target, probs, deferred)
+    elif target_kind == "class_or_soft" and isinstance(target, Tensor) and target.is_floating_point() \
+            and target.ndim == 2:
+        if target.shape != probs.shape:
+            raise ValueError(
+                f"{metric}: expected soft target of shape {tuple(probs.shape)}, got {tuple(target.shape)}"
+            )
+        _check_probabilities(f"{metric} (soft target)", target, width, True, deferred)
+    else:
+        _check_class_target(metric, target, probs.shape[0], width, deferred)
+    if needs_group:
+        _check_group_id(metric, group_id, probs.shape[0], max_groups, deferred)
+    if not deferred:
+        return
+    found = torch.stack([t.detach().to(torch.float64) for tensors, _ in deferred for t in tensors]).tolist()
+    for tensors, verdict in deferred:
+        message, found = verdict(found[: len(tensors)]), found[len(tensors):]
+        if message:
+            raise ValueError(message)
 
 
-def check_probabilities(metric: str, probs: Tensor, width: int, *, rows_sum_to_one: bool = True) -> None:
-    """Shape ``[B, width]``, floating dtype, values in ``[0, 1]`` and (unless multi-label) rows summing to 1."""
+def _check_probabilities(metric: str, probs: Tensor, width: int, rows_sum_to_one: bool, deferred: _Deferred) -> None:
     if not isinstance(probs, Tensor) or not probs.is_floating_point():
         got = probs.dtype if isinstance(probs, Tensor) else type(probs).__name__
         raise ValueError(f"{metric}: expected floating-point probabilities, got {got}")
@@ -35,24 +67,23 @@ def check_probabilities(metric: str, probs: Tensor, width: int, *, rows_sum_to_o
         raise ValueError(f"{metric}: expected probs of shape (B, {width}), got {tuple(probs.shape)}")
     if probs.numel() == 0:
         return
-    checks = [probs.min(), probs.max()]
+
+    def verdict(found: list[float]) -> str | None:
+        if not (found[0] >= 0.0 and found[1] <= 1.0):  # also catches NaN
+            return (f"{metric}: expected probabilities in [0, 1] (this metric takes probabilities, not logits), "
+                    f"got values in [{found[0]:.4g}, {found[1]:.4g}]")
+        if rows_sum_to_one and not found[2] <= ROW_SUM_TOLERANCE:
+            return (f"{metric}: expected each row of probs to sum to 1 (tolerance {ROW_SUM_TOLERANCE}), got a row "
+                    f"off by {found[2]:.4g}; pass loss.probabilities(outputs), not raw outputs")
+        return None
+
+    tensors = [probs.min(), probs.max()]
     if rows_sum_to_one:
-        checks.append((probs.sum(dim=1, dtype=torch.float64) - 1.0).abs().max())
-    found = _extrema(*checks)
-    if not (found[0] >= 0.0 and found[1] <= 1.0):  # also catches NaN
-        raise ValueError(
-            f"{metric}: expected probabilities in [0, 1] (this metric takes probabilities, not logits), got values "
-            f"in [{found[0]:.4g}, {found[1]:.4g}]"
-        )
-    if rows_sum_to_one and not found[2] <= ROW_SUM_TOLERANCE:
-        raise ValueError(
-            f"{metric}: expected each row of probs to sum to 1 (tolerance {ROW_SUM_TOLERANCE}), got a row off by "
-            f"{found[2]:.4g}; pass loss.probabilities(outputs), not raw outputs"
-        )
+        tensors.append((probs.sum(dim=1, dtype=torch.float64) - 1.0).abs().max())
+    deferred.append((tensors, verdict))
 
 
-def check_class_target(metric: str, target: Tensor, batch_size: int, num_classes: int) -> None:
-    """Integer labels ``[B]`` in ``0..C-1``."""
+def _check_class_target(metric: str, target: Tensor, batch_size: int, num_classes: int, deferred: _Deferred) -> None:
     if not isinstance(target, Tensor) or target.dtype.is_floating_point or target.dtype.is_complex \
             or target.dtype == torch.bool:
         got = target.dtype if isinstance(target, Tensor) else type(target).__name__
@@ -61,44 +92,34 @@ def check_class_target(metric: str, target: Tensor, batch_size: int, num_classes
         raise ValueError(f"{metric}: expected target of shape ({batch_size},), got {tuple(target.shape)}")
     if batch_size == 0:
         return
-    low, high = _extrema(target.min(), target.max())
-    if low < 0 or high >= num_classes:
-        raise ValueError(f"{metric}: labels must lie in 0..{num_classes - 1}, got range {int(low)}..{int(high)}")
+
+    def verdict(found: list[float]) -> str | None:
+        low, high = found
+        if low < 0 or high >= num_classes:
+            return f"{metric}: labels must lie in 0..{num_classes - 1}, got range {int(low)}..{int(high)}"
+        return None
+
+    deferred.append(([target.min(), target.max()], verdict))
 
 
-def check_soft_target(metric: str, target: Tensor, probs: Tensor) -> None:
-    """Probability rows ``[B, C]`` shaped like ``probs``."""
-    if target.shape != probs.shape:
-        raise ValueError(f"{metric}: expected soft target of shape {tuple(probs.shape)}, got {tuple(target.shape)}")
-    check_probabilities(f"{metric} (soft target)", target, probs.shape[1])
-
-
-def check_hard_or_soft_target(metric: str, probs: Tensor, target: Tensor, num_classes: int) -> None:
-    """``probs [B, C]`` with either integer labels ``[B]`` or soft probability rows ``[B, C]``."""
-    check_probabilities(metric, probs, num_classes)
-    if isinstance(target, Tensor) and target.is_floating_point() and target.ndim == 2:
-        check_soft_target(metric, target, probs)
-    else:
-        check_class_target(metric, target, probs.shape[0], num_classes)
-
-
-def check_multilabel_target(metric: str, target: Tensor, probs: Tensor) -> None:
-    """``[B, L]`` with 1 (positive), 0 (negative) and -1 (unknown), any numeric dtype."""
+def _check_multilabel_target(metric: str, target: Tensor, probs: Tensor, deferred: _Deferred) -> None:
     if not isinstance(target, Tensor) or target.shape != probs.shape:
         got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
         raise ValueError(f"{metric}: expected target of shape {tuple(probs.shape)}, got {got}")
     if target.numel() == 0:
         return
+
+    def verdict(found: list[float]) -> str | None:
+        if found[0]:
+            return f"{metric}: expected multi-label targets in {{1, 0, -1 (unknown)}}, got {int(found[0])} other values"
+        return None
+
     valid = (target == 1) | (target == 0) | (target == -1)
-    (bad,) = _extrema((~valid).sum())
-    if bad:
-        raise ValueError(
-            f"{metric}: expected multi-label targets in {{1, 0, -1 (unknown)}}, got {int(bad)} other values"
-        )
+    deferred.append(([(~valid).sum()], verdict))
 
 
-def check_group_id(metric: str, group_id: Tensor | None, batch_size: int, max_groups: int | None = None) -> None:
-    """Integer group keys ``[B]``; in ``0..max_groups-1`` when the metric keeps a fixed-size table."""
+def _check_group_id(metric: str, group_id: Tensor | None, batch_size: int, max_groups: int | None,
+                    deferred: _Deferred) -> None:
     if group_id is None:
         raise ValueError(
             f"{metric}: needs group_id (an integer tensor of shape ({batch_size},) naming each sample's group); "
@@ -111,12 +132,15 @@ def check_group_id(metric: str, group_id: Tensor | None, batch_size: int, max_gr
         raise ValueError(f"{metric}: expected group_id of shape ({batch_size},), got {tuple(group_id.shape)}")
     if max_groups is None or batch_size == 0:
         return
-    low, high = _extrema(group_id.min(), group_id.max())
-    if low < 0 or high >= max_groups:
-        raise ValueError(
-            f"{metric}: with max_groups={max_groups}, group_id must lie in 0..{max_groups - 1}, got range "
-            f"{int(low)}..{int(high)} (leave max_groups=None for arbitrary keys)"
-        )
+
+    def verdict(found: list[float]) -> str | None:
+        low, high = found
+        if low < 0 or high >= max_groups:
+            return (f"{metric}: with max_groups={max_groups}, group_id must lie in 0..{max_groups - 1}, got range "
+                    f"{int(low)}..{int(high)} (leave max_groups=None for arbitrary keys)")
+        return None
+
+    deferred.append(([group_id.min(), group_id.max()], verdict))
 
 
 def check_choice(metric: str, name: str, value: object, choices: tuple) -> None:

@@ -12,12 +12,7 @@ import torch
 from torch import Tensor
 
 from tailsweep.metrics.base import STATE_DTYPE, TailMetric
-from tailsweep.metrics.inputs import (
-    check_choice,
-    check_multilabel_target,
-    check_positive_int,
-    check_probabilities,
-)
+from tailsweep.metrics.inputs import check_choice, check_inputs, check_positive_int
 
 ECE_AVERAGES = ("macro", "none")
 TOPK_AVERAGES = ("macro", "micro", "none")
@@ -30,8 +25,7 @@ class _LabelMetric(TailMetric):
         self.num_labels = num_labels
 
     def _check(self, probs: Tensor, target: Tensor) -> None:
-        check_probabilities(type(self).__name__, probs, self.num_labels, rows_sum_to_one=False)
-        check_multilabel_target(type(self).__name__, target, probs)
+        check_inputs(type(self).__name__, probs, target, self.num_labels, target_kind="multilabel")
 
 
 class MultilabelECE(_LabelMetric):
@@ -77,11 +71,14 @@ class MultilabelECE(_LabelMetric):
         """Add ``probs [B, L]`` and ``target [B, L]`` (1, 0, -1 unknown) to the per-label bins."""
         if self.validate_args:
             self._check(probs, target)
-        known = (target != -1).to(STATE_DTYPE)
-        probs = probs.to(STATE_DTYPE)
-        bins = (probs * self.n_bins).long().clamp_(0, self.n_bins - 1) + self.label_offsets
-        values = torch.stack([known, probs * known, (target == 1).to(STATE_DTYPE)], dim=-1)
-        getattr(self, self._state).view(-1, 3).index_add_(0, bins.flatten(), values.view(-1, 3))
+        known = target != -1
+        bins = ((probs * self.n_bins).long().clamp_(0, self.n_bins - 1) + self.label_offsets).flatten()
+        size = self.num_labels * self.n_bins
+        sums = [
+            torch.bincount(bins, weights=weight.flatten().to(STATE_DTYPE), minlength=size)
+            for weight in (known, probs.to(STATE_DTYPE) * known, target == 1)
+        ]
+        getattr(self, self._state).view(-1, 3).add_(torch.stack(sums, dim=1))
 
     def compute(self) -> Tensor:
         """Per-label ECE ``[L]`` (``average="none"``) or its mean over labels with known targets."""

@@ -19,12 +19,7 @@ from tailsweep.metrics.base import (
     point_prediction,
     target_values,
 )
-from tailsweep.metrics.inputs import (
-    check_choice,
-    check_class_target,
-    check_hard_or_soft_target,
-    check_probabilities,
-)
+from tailsweep.metrics.inputs import check_choice, check_inputs
 
 
 def ranked_probability_score(probs: Tensor, target: Tensor, class_values: Tensor | None = None) -> Tensor:
@@ -76,7 +71,7 @@ class RankedProbabilityScore(ClassMetric):
     def update(self, probs: Tensor, target: Tensor) -> None:
         """Accumulate the RPS of ``probs [B, C]`` against labels ``[B]`` (or soft rows ``[B, C]``)."""
         if self.validate_args:
-            check_hard_or_soft_target(type(self).__name__, probs, target, self.num_classes)
+            check_inputs(type(self).__name__, probs, target, self.num_classes, target_kind="class_or_soft")
         rps = ranked_probability_score(probs.to(STATE_DTYPE), target, self.class_values)
         self._accumulate({"rps_sum": rps.sum(), "rps_count": probs.shape[0]})
 
@@ -109,7 +104,7 @@ class _PointErrorSums(ClassMetric):
     def update(self, probs: Tensor, target: Tensor) -> None:
         """Accumulate the errors of the decoded ``probs [B, C]`` against labels ``[B]`` (soft rows: ``E_q[y]``)."""
         if self.validate_args:
-            check_hard_or_soft_target(type(self).__name__, probs, target, self.num_classes)
+            check_inputs(type(self).__name__, probs, target, self.num_classes, target_kind="class_or_soft")
         error = point_prediction(probs, self.decoding, self.class_values) - target_values(target, self.class_values)
         p = self._prefix
         self._accumulate({f"{p}_abs": error.abs().sum(), f"{p}_sq": error.square().sum(), f"{p}_n": probs.shape[0]})
@@ -177,8 +172,7 @@ class _PerClassAbsoluteError(ClassMetric):
     def update(self, probs: Tensor, target: Tensor) -> None:
         """Accumulate per-class absolute errors of ``probs [B, C]`` against labels ``[B]``."""
         if self.validate_args:
-            check_probabilities(type(self).__name__, probs, self.num_classes)
-            check_class_target(type(self).__name__, target, probs.shape[0], self.num_classes)
+            check_inputs(type(self).__name__, probs, target, self.num_classes)
         error = (point_prediction(probs, self.decoding, self.class_values) - target.to(STATE_DTYPE)).abs()
         getattr(self, f"{self._prefix}_abs").index_add_(0, target, error)
         getattr(self, f"{self._prefix}_n").index_add_(0, target, torch.ones_like(error))
@@ -273,8 +267,7 @@ class OffByOneAccuracy(ClassMetric):
     def update(self, probs: Tensor, target: Tensor) -> None:
         """Count the predictions of ``probs [B, C]`` within ``tolerance`` of labels ``[B]``."""
         if self.validate_args:
-            check_probabilities(type(self).__name__, probs, self.num_classes)
-            check_class_target(type(self).__name__, target, probs.shape[0], self.num_classes)
+            check_inputs(type(self).__name__, probs, target, self.num_classes)
         predicted = point_prediction(probs, self.decoding, self.class_values).round()
         hits = ((predicted - target.to(predicted.dtype)).abs() <= self.tolerance).sum()
         self._accumulate({f"{self._prefix}_hits": hits, f"{self._prefix}_n": probs.shape[0]})

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from tailsweep.metrics.base import STATE_DTYPE, ClassMetric, is_soft
-from tailsweep.metrics.inputs import check_hard_or_soft_target
+from tailsweep.metrics.inputs import check_inputs
 
 
 def brier_score(probs: Tensor, target: Tensor) -> Tensor:
@@ -62,7 +62,7 @@ class BrierScore(ClassMetric):
     def update(self, probs: Tensor, target: Tensor) -> None:
         """Accumulate the Brier score of ``probs [B, C]`` against labels ``[B]`` or soft rows ``[B, C]``."""
         if self.validate_args:
-            check_hard_or_soft_target(type(self).__name__, probs, target, self.num_classes)
+            check_inputs(type(self).__name__, probs, target, self.num_classes, target_kind="class_or_soft")
         score = brier_score(probs.to(STATE_DTYPE), target)
         self._accumulate({"brier_sum": score.sum(), "brier_count": probs.shape[0]})
 
@@ -103,7 +103,7 @@ class NegativeLogLikelihood(ClassMetric):
     def update(self, probs: Tensor, target: Tensor) -> None:
         """Accumulate ``-log p_y`` of ``probs [B, C]`` against labels ``[B]`` or soft rows ``[B, C]``."""
         if self.validate_args:
-            check_hard_or_soft_target(type(self).__name__, probs, target, self.num_classes)
+            check_inputs(type(self).__name__, probs, target, self.num_classes, target_kind="class_or_soft")
         nll = negative_log_likelihood(probs.to(STATE_DTYPE), target, self.eps)
         self._accumulate({"nll_sum": nll.sum(), "nll_count": probs.shape[0]})
 
