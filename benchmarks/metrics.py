@@ -5,8 +5,9 @@
 
 Each metric gets the same pre-drawn batches (a pool reused cyclically, so drawing costs nothing; group ids are
 offset per batch so groups of 8 stay distinct) and is timed from construction to ``compute()`` (synchronised),
-best of ``--repeats``. Ratios are against MulticlassAccuracy with the same ``validate_args`` setting. Prints a
-markdown table (the ``## Metrics`` section of BENCHMARKS.md records one).
+best of ``--repeats``. Ratios are against MulticlassAccuracy with the same ``validate_args`` setting; the multi-label
+rows take ``[B, L]`` inputs, for which torchmetrics' MultilabelAccuracy is shown as the like-for-like reference.
+Prints a markdown table (the ``## Metrics`` section of BENCHMARKS.md records one).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from functools import partial
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from tailsweep.metrics import (
     AverageMAE,
@@ -58,6 +59,8 @@ def candidates(c: int, num_groups: int) -> dict[str, tuple[Callable[[bool], Metr
         "GroupSumRPS (keyed ids)": (lambda v: GroupSumRPS(c, max_group_size=GROUP_SIZE, validate_args=v), "group"),
         "GroupSumRPS (max_groups)": (
             lambda v: GroupSumRPS(c, max_group_size=GROUP_SIZE, max_groups=num_groups, validate_args=v), "group"),
+        "MultilabelAccuracy (torchmetrics, L=C)": (
+            lambda v: MultilabelAccuracy(c, ignore_index=-1, validate_args=v), "multilabel_int"),
         "MultilabelECE (L=C)": (lambda v: MultilabelECE(c, validate_args=v), "multilabel"),
         "MultilabelTopKRecall (L=C, k=3)": (lambda v: MultilabelTopKRecall(c, k=3, validate_args=v), "multilabel"),
     }
@@ -65,7 +68,7 @@ def candidates(c: int, num_groups: int) -> dict[str, tuple[Callable[[bool], Metr
 
 def pool(c: int, batch: int, device: torch.device) -> dict[str, list[tuple[torch.Tensor, ...]]]:
     generator = torch.Generator().manual_seed(0)
-    batches: dict[str, list[tuple[torch.Tensor, ...]]] = {"class": [], "multilabel": []}
+    batches: dict[str, list[tuple[torch.Tensor, ...]]] = {"class": [], "multilabel": [], "multilabel_int": []}
     for _ in range(POOL):
         probs = torch.randn(batch, c, generator=generator).softmax(dim=1)
         target = torch.randint(0, c, (batch,), generator=generator)
@@ -74,6 +77,7 @@ def pool(c: int, batch: int, device: torch.device) -> dict[str, list[tuple[torch
         label_target = (torch.rand(batch, c, generator=generator) < 0.1).float()
         label_target[torch.rand(batch, c, generator=generator) < 0.05] = -1.0
         batches["multilabel"].append((label_probs.to(device), label_target.to(device)))
+        batches["multilabel_int"].append((label_probs.to(device), label_target.long().to(device)))
     return batches
 
 
@@ -119,7 +123,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{steps * args.batch:,} samples, C={args.classes}, batches of {args.batch}, device {device} ({name}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, best of {args.repeats}\n")
-    print("| metric | s (validate_args) | x accuracy | s (validate_args=False) | x accuracy |")
+    print("| metric | s (validate_args) | x MulticlassAccuracy | s (validate_args=False) | x MulticlassAccuracy |")
     print("|---|---:|---:|---:|---:|")
     yardstick: dict[bool, float] = {}
     for label, (build, kind) in candidates(args.classes, num_groups).items():

@@ -20,8 +20,8 @@ from tailsweep.metrics.inputs import check_positive_int
 
 DECODINGS = ("expected", "argmax", "median")
 
-#: Accumulating states are float64 so that 1M-sample sums stay exact to ~1e-12 (call ``metric.set_dtype`` to
-#: change them, e.g. on MPS, which has no float64).
+#: Accumulating states and per-update arithmetic are float64 so that 1M-sample sums stay exact to ~1e-12;
+#: ``metric.set_dtype(torch.float32)`` switches both (e.g. on MPS, which has no float64).
 STATE_DTYPE = torch.float64
 
 
@@ -83,3 +83,8 @@ class ClassMetric(TailMetric):
         check_positive_int(type(self).__name__, "num_classes", num_classes)
         self.num_classes = num_classes
         self.register_buffer("class_values", torch.arange(num_classes, dtype=STATE_DTYPE), persistent=False)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Dtype of the per-update arithmetic: float64, or what ``set_dtype`` chose (it converts the buffers)."""
+        return self.class_values.dtype

@@ -86,7 +86,7 @@ class _GroupKeyedSums(ClassMetric):
         ids, rows = getattr(self, self._ids), getattr(self, self._rows)
         if isinstance(ids, list):  # not synced: a list of chunks (a tensor after DDP sync)
             if not ids:
-                return torch.zeros(0, self._width, dtype=STATE_DTYPE, device=self.device)
+                return torch.zeros(0, self._width, dtype=self.compute_dtype, device=self.device)
             ids, rows = torch.cat(ids), torch.cat(rows)
         return coalesce_groups(ids, rows)[1]
 
@@ -94,7 +94,7 @@ class _GroupKeyedSums(ClassMetric):
         # A rank without data must still send (ids, rows) of the right dtype and width to the all-gather.
         if self.max_groups is None and not getattr(self, self._ids):
             setattr(self, self._ids, [torch.zeros(0, dtype=torch.long, device=self.device)])
-            setattr(self, self._rows, [torch.zeros(0, self._width, dtype=STATE_DTYPE, device=self.device)])
+            setattr(self, self._rows, [torch.zeros(0, self._width, dtype=self.compute_dtype, device=self.device)])
         super()._sync_dist(dist_sync_fn, process_group=process_group)
 
 
@@ -142,7 +142,7 @@ class GroupSumError(_GroupKeyedSums):
         if self.validate_args:
             self._check(probs, target, group_id)
         predicted = point_prediction(probs, self.decoding, self.class_values)
-        rows = torch.stack([predicted, target.to(STATE_DTYPE), torch.ones_like(predicted)], dim=1)
+        rows = torch.stack([predicted, target.to(predicted.dtype), torch.ones_like(predicted)], dim=1)
         self._add_rows(group_id, rows)
 
     def compute(self) -> Tensor:
@@ -190,10 +190,11 @@ class _GroupSumDistribution(_GroupKeyedSums):
         """Add the log-DFT of each member's distribution ``probs [B, C]`` and its label ``[B]`` to its group."""
         if self.validate_args:
             self._check(probs, target, group_id)
-        probs = probs.to(STATE_DTYPE)
+        dtype = self.compute_dtype
+        probs = probs.to(dtype)
         real, imag = probs @ self.dft_cos, probs @ self.dft_sin
-        log_abs = 0.5 * (real.square() + imag.square()).clamp_min(torch.finfo(STATE_DTYPE).tiny).log()
-        label = target.to(STATE_DTYPE).unsqueeze(1)
+        log_abs = 0.5 * (real.square() + imag.square()).clamp_min(torch.finfo(dtype).tiny).log()
+        label = target.to(dtype).unsqueeze(1)
         rows = torch.cat([log_abs, torch.atan2(imag, real), label, torch.ones_like(label)], dim=1)
         self._add_rows(group_id, rows)
 

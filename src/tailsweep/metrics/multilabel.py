@@ -73,12 +73,12 @@ class MultilabelECE(_LabelMetric):
             self._check(probs, target)
         known = target != -1
         bins = ((probs * self.n_bins).long().clamp_(0, self.n_bins - 1) + self.label_offsets).flatten()
-        size = self.num_labels * self.n_bins
+        state = getattr(self, self._state)
         sums = [
-            torch.bincount(bins, weights=weight.flatten().to(STATE_DTYPE), minlength=size)
-            for weight in (known, probs.to(STATE_DTYPE) * known, target == 1)
+            torch.bincount(bins, weights=weight.flatten().to(state.dtype), minlength=self.num_labels * self.n_bins)
+            for weight in (known, probs.to(state.dtype) * known, target == 1)
         ]
-        getattr(self, self._state).view(-1, 3).add_(torch.stack(sums, dim=1))
+        state.view(-1, 3).add_(torch.stack(sums, dim=1))
 
     def compute(self) -> Tensor:
         """Per-label ECE ``[L]`` (``average="none"``) or its mean over labels with known targets."""

@@ -72,7 +72,7 @@ class RankedProbabilityScore(ClassMetric):
         """Accumulate the RPS of ``probs [B, C]`` against labels ``[B]`` (or soft rows ``[B, C]``)."""
         if self.validate_args:
             check_inputs(type(self).__name__, probs, target, self.num_classes, target_kind="class_or_soft")
-        rps = ranked_probability_score(probs.to(STATE_DTYPE), target, self.class_values)
+        rps = ranked_probability_score(probs.to(self.compute_dtype), target, self.class_values)
         self._accumulate({"rps_sum": rps.sum(), "rps_count": probs.shape[0]})
 
     def compute(self) -> Tensor:
@@ -173,7 +173,7 @@ class _PerClassAbsoluteError(ClassMetric):
         """Accumulate per-class absolute errors of ``probs [B, C]`` against labels ``[B]``."""
         if self.validate_args:
             check_inputs(type(self).__name__, probs, target, self.num_classes)
-        error = (point_prediction(probs, self.decoding, self.class_values) - target.to(STATE_DTYPE)).abs()
+        error = (point_prediction(probs, self.decoding, self.class_values) - target.to(self.compute_dtype)).abs()
         getattr(self, f"{self._prefix}_abs").index_add_(0, target, error)
         getattr(self, f"{self._prefix}_n").index_add_(0, target, torch.ones_like(error))
 
@@ -275,4 +275,4 @@ class OffByOneAccuracy(ClassMetric):
     def compute(self) -> Tensor:
         """Share of hits."""
         p = self._prefix
-        return getattr(self, f"{p}_hits").to(STATE_DTYPE) / getattr(self, f"{p}_n")
+        return getattr(self, f"{p}_hits").to(self.compute_dtype) / getattr(self, f"{p}_n")

@@ -63,7 +63,7 @@ class BrierScore(ClassMetric):
         """Accumulate the Brier score of ``probs [B, C]`` against labels ``[B]`` or soft rows ``[B, C]``."""
         if self.validate_args:
             check_inputs(type(self).__name__, probs, target, self.num_classes, target_kind="class_or_soft")
-        score = brier_score(probs.to(STATE_DTYPE), target)
+        score = brier_score(probs.to(self.compute_dtype), target)
         self._accumulate({"brier_sum": score.sum(), "brier_count": probs.shape[0]})
 
     def compute(self) -> Tensor:
@@ -104,7 +104,7 @@ class NegativeLogLikelihood(ClassMetric):
         """Accumulate ``-log p_y`` of ``probs [B, C]`` against labels ``[B]`` or soft rows ``[B, C]``."""
         if self.validate_args:
             check_inputs(type(self).__name__, probs, target, self.num_classes, target_kind="class_or_soft")
-        nll = negative_log_likelihood(probs.to(STATE_DTYPE), target, self.eps)
+        nll = negative_log_likelihood(probs.to(self.compute_dtype), target, self.eps)
         self._accumulate({"nll_sum": nll.sum(), "nll_count": probs.shape[0]})
 
     def compute(self) -> Tensor:
