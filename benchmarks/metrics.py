@@ -1,0 +1,141 @@
+"""Speed of the custom metrics: update + compute over N samples against torchmetrics' MulticlassAccuracy.
+
+    PYTHONPATH=src python benchmarks/metrics.py                      # 1M samples, C=30, batches of 1024
+    PYTHONPATH=src python benchmarks/metrics.py --samples 100000 --device cuda
+
+Each metric gets the same pre-drawn batches (a pool reused cyclically, so drawing costs nothing; group ids are
+offset per batch so groups of 8 stay distinct) and is timed from construction to ``compute()`` (synchronised),
+best of ``--repeats``. Ratios are against MulticlassAccuracy with the same ``validate_args`` setting; the multi-label
+rows take ``[B, L]`` inputs, for which torchmetrics' MultilabelAccuracy is shown as the like-for-like reference.
+Prints a markdown table (the ``## Metrics`` section of BENCHMARKS.md records one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
+
+from tailsweep.metrics import (
+    AverageMAE,
+    BrierScore,
+    ExpectedValueMAE,
+    ExpectedValueRMSE,
+    GroupSumError,
+    GroupSumRPS,
+    MaximumMAE,
+    MultilabelECE,
+    MultilabelTopKRecall,
+    NegativeLogLikelihood,
+    OffByOneAccuracy,
+    RankedProbabilityScore,
+)
+
+POOL = 16
+GROUP_SIZE = 8
+
+
+def candidates(c: int, num_groups: int) -> dict[str, tuple[Callable[[bool], Metric], str]]:
+    """name -> (constructor(validate_args), input kind)."""
+    return {
+        "MulticlassAccuracy (yardstick)": (lambda v: MulticlassAccuracy(c, average="micro", validate_args=v), "class"),
+        "RankedProbabilityScore": (lambda v: RankedProbabilityScore(c, validate_args=v), "class"),
+        "ExpectedValueMAE": (lambda v: ExpectedValueMAE(c, validate_args=v), "class"),
+        "ExpectedValueRMSE": (lambda v: ExpectedValueRMSE(c, validate_args=v), "class"),
+        "ExpectedValueMAE (median)": (lambda v: ExpectedValueMAE(c, decoding="median", validate_args=v), "class"),
+        "AverageMAE": (lambda v: AverageMAE(c, validate_args=v), "class"),
+        "MaximumMAE": (lambda v: MaximumMAE(c, validate_args=v), "class"),
+        "OffByOneAccuracy": (lambda v: OffByOneAccuracy(c, validate_args=v), "class"),
+        "BrierScore": (lambda v: BrierScore(c, validate_args=v), "class"),
+        "NegativeLogLikelihood": (lambda v: NegativeLogLikelihood(c, validate_args=v), "class"),
+        "GroupSumError (keyed ids)": (lambda v: GroupSumError(c, validate_args=v), "group"),
+        "GroupSumError (max_groups)": (lambda v: GroupSumError(c, max_groups=num_groups, validate_args=v), "group"),
+        "GroupSumRPS (keyed ids)": (lambda v: GroupSumRPS(c, max_group_size=GROUP_SIZE, validate_args=v), "group"),
+        "GroupSumRPS (max_groups)": (
+            lambda v: GroupSumRPS(c, max_group_size=GROUP_SIZE, max_groups=num_groups, validate_args=v), "group"),
+        "MultilabelAccuracy (torchmetrics, L=C)": (
+            lambda v: MultilabelAccuracy(c, ignore_index=-1, validate_args=v), "multilabel_int"),
+        "MultilabelECE (L=C)": (lambda v: MultilabelECE(c, validate_args=v), "multilabel"),
+        "MultilabelTopKRecall (L=C, k=3)": (lambda v: MultilabelTopKRecall(c, k=3, validate_args=v), "multilabel"),
+    }
+
+
+def pool(c: int, batch: int, device: torch.device) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+    generator = torch.Generator().manual_seed(0)
+    batches: dict[str, list[tuple[torch.Tensor, ...]]] = {"class": [], "multilabel": [], "multilabel_int": []}
+    for _ in range(POOL):
+        probs = torch.randn(batch, c, generator=generator).softmax(dim=1)
+        target = torch.randint(0, c, (batch,), generator=generator)
+        batches["class"].append((probs.to(device), target.to(device)))
+        label_probs = torch.rand(batch, c, generator=generator)
+        label_target = (torch.rand(batch, c, generator=generator) < 0.1).float()
+        label_target[torch.rand(batch, c, generator=generator) < 0.05] = -1.0
+        batches["multilabel"].append((label_probs.to(device), label_target.to(device)))
+        batches["multilabel_int"].append((label_probs.to(device), label_target.long().to(device)))
+    return batches
+
+
+def time_metric(build: Callable[[], Metric], kind: str, batches: dict, steps: int, batch: int,
+                device: torch.device, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        metric = build().to(device)
+        for step in range(steps):
+            if kind == "group":
+                probs, target = batches["class"][step % POOL]
+                group_id = torch.arange(batch, device=device) // GROUP_SIZE + step * (batch // GROUP_SIZE + 1)
+                metric.update(probs, target, group_id=group_id)
+            else:
+                metric.update(*batches[kind][step % POOL])
+        value = metric.compute()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+        assert torch.isfinite(value).all(), build
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--classes", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--only", default=None, help="substring of the metric names to run")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    steps = -(-args.samples // args.batch)
+    num_groups = steps * (args.batch // GROUP_SIZE + 1)
+    batches = pool(args.classes, args.batch, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"{steps * args.batch:,} samples, C={args.classes}, batches of {args.batch}, device {device} ({name}), "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, best of {args.repeats}\n")
+    print("| metric | s (validate_args) | x MulticlassAccuracy | s (validate_args=False) | x MulticlassAccuracy |")
+    print("|---|---:|---:|---:|---:|")
+    yardstick: dict[bool, float] = {}
+    for label, (build, kind) in candidates(args.classes, num_groups).items():
+        if args.only and args.only not in label and "yardstick" not in label:
+            continue
+        row = []
+        for validate in (True, False):
+            seconds = time_metric(partial(build, validate), kind, batches, steps, args.batch, device, args.repeats)
+            yardstick.setdefault(validate, seconds)
+            row.append(f"{seconds:.2f} | {seconds / yardstick[validate]:.1f}")
+        print(f"| {label} | {' | '.join(row)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

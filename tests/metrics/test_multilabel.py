@@ -1,0 +1,91 @@
+"""Multi-label metrics and the torchmetrics adapters: references, unknown (-1) masking, chunked updates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision
+
+from tailsweep.metrics import (
+    MultilabelAUROCUnknown,
+    MultilabelECE,
+    MultilabelMAP,
+    MultilabelTopKRecall,
+    SoftTargetAccuracy,
+    adapters,
+)
+
+from . import reference as ref
+from .data import class_probs, labels, multilabel, soft_targets, update_in_batches
+
+L = 9
+N = 180
+
+
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+def test_multilabel_ece_matches_formula(n_bins: int) -> None:
+    probs, target = multilabel(N, L)
+    target[:, 4] = -1  # a label never observed
+    per_label, macro = MultilabelECE(L, n_bins=n_bins, average="none"), MultilabelECE(L, n_bins=n_bins)
+    update_in_batches(per_label, probs, target)
+    update_in_batches(macro, probs, target)
+    expected = ref.multilabel_ece(probs.numpy(), target.numpy(), n_bins)
+    np.testing.assert_allclose(per_label.compute().numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(float(macro.compute()), np.nanmean(expected), rtol=1e-10)
+
+
+def test_multilabel_ece_is_zero_when_calibrated() -> None:
+    probs = torch.full((8, 2), 0.25)
+    target = torch.tensor([[1, 0], [0, 0], [0, 1], [0, 0]] * 2)
+    metric = MultilabelECE(2)
+    metric.update(probs, target)
+    assert float(metric.compute()) == 0.0
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("average", ["macro", "micro", "none"])
+def test_topk_recall_matches_protocol(k: int, average: str) -> None:
+    probs, target = multilabel(N, L, seed=1)
+    target[:, 2] = 0  # a label with no positive: left out of the macro average
+    metric = MultilabelTopKRecall(L, k=k, average=average)
+    update_in_batches(metric, probs, target)
+    hits, positives = ref.topk_recall(probs.numpy(), target.numpy(), k)
+    with np.errstate(invalid="ignore"):
+        expected = {"micro": hits.sum() / positives.sum(), "none": hits / positives,
+                    "macro": np.nanmean(hits / positives)}[average]
+    np.testing.assert_allclose(metric.compute().numpy(), expected, rtol=1e-12)
+
+
+def test_topk_recall_is_one_when_all_positives_rank_first() -> None:
+    target = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 1, -1]])
+    probs = target.clamp_min(0) * 0.5 + 0.25
+    metric = MultilabelTopKRecall(5, k=2)
+    metric.update(probs, target)
+    assert float(metric.compute()) == 1.0
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [(MultilabelMAP, MultilabelAveragePrecision),
+                                              (MultilabelAUROCUnknown, MultilabelAUROC)])
+def test_adapters_equal_torchmetrics_on_integer_targets(ours, theirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float targets with -1 and row-chunked updates give torchmetrics' own value (ignore_index=-1)."""
+    monkeypatch.setattr(adapters, "CHUNK_ELEMENTS", 7 * L * 20)  # chunks of 7 rows
+    probs, target = multilabel(N, L, seed=2)
+    probs = probs.float()
+    mine = ours(L, average="macro", thresholds=20)
+    reference = theirs(L, average="macro", thresholds=20, ignore_index=-1)
+    update_in_batches(mine, probs, target, batch=50)
+    update_in_batches(reference, probs, target.long(), batch=50)
+    assert mine._update_count == reference._update_count
+    torch.testing.assert_close(mine.compute(), reference.compute())
+
+
+def test_soft_target_accuracy_uses_the_target_mode() -> None:
+    probs, target = class_probs(N, 4), soft_targets(N, 4)
+    metric = SoftTargetAccuracy(4, average="micro")
+    metric.update(probs, target)
+    expected = float((probs.argmax(1) == target.argmax(1)).double().mean())
+    torch.testing.assert_close(float(metric.compute()), expected)
+    hard = SoftTargetAccuracy(4, average="micro")
+    hard.update(probs, labels(N, 4))
+    assert 0.0 <= float(hard.compute()) <= 1.0
