@@ -148,6 +148,13 @@ class PredictionPlots(Callback):
             group_id=data["group_id"] if present["group_id"] else None,
             corrected_probabilities=data["corrected_probabilities"] if present["corrected_probabilities"] else None,
         )
+        self.draw(trainer, stage, predictions)
+
+    def draw(self, trainer: L.Trainer, stage: str, predictions: Predictions) -> dict[str, Path]:
+        """Draw the gathered predictions (rank 0): write the PNG files, log them; returns ``{logger key: path}``.
+
+        Override to add pictures: call ``super().draw`` and log more from ``predictions``.
+        """
         directory = (self.dirpath or Path(trainer.default_root_dir) / "plots") / stage
         directory.mkdir(parents=True, exist_ok=True)
         epoch = trainer.current_epoch
@@ -167,6 +174,7 @@ class PredictionPlots(Callback):
                 # one history row per epoch and stage rather than one per picture (as `log_image` would do)
                 images = {key: wandb.Image(str(path)) for key, path in pictures.items()}
                 logger.log_metrics(images, step=trainer.global_step)  # type: ignore[arg-type]
+        return pictures
 
     # ------------------------------------------------------------------------------------------- hooks
 

@@ -10,7 +10,6 @@ tested against a reference on their own.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -184,25 +183,40 @@ def label_frequencies(predictions: Predictions) -> tuple[Tensor, Tensor]:
     return true, probabilities.sum(dim=0) / n
 
 
+def average_precision(scores: Tensor, target: Tensor) -> Tensor:
+    """Average precision per column, vectorised over columns, in float64; entries with target -1 are ignored.
+
+    AP = sum_n (R_n - R_{n-1}) P_n over the distinct score thresholds, ties counted together (as scikit-learn and
+    torchmetrics' exact AP compute it); NaN for a column without a positive.
+    """
+    # one row per column, contiguous, so that sorting and scans run along the fast axis
+    scores, target = scores.T.contiguous(), target.T.contiguous()
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    sorted_scores = scores.gather(1, order)
+    sorted_target = target.gather(1, order)
+    known = (sorted_target >= 0).double()
+    positive = (sorted_target == 1).double()
+    precision = positive.cumsum(dim=1) / known.cumsum(dim=1).clamp_min(1)
+    # a tie block is judged at its last position: every sample takes the precision at the end of its block
+    n = scores.shape[1]
+    block_end = torch.ones_like(sorted_scores, dtype=torch.bool)
+    block_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    position = torch.arange(n).expand_as(sorted_scores)
+    end_index = torch.where(block_end, position, n - 1).flip(1).cummin(dim=1).values.flip(1)
+    total = positive.sum(dim=1)
+    ap = (positive * precision.gather(1, end_index)).sum(dim=1) / total.clamp_min(1)
+    return torch.where(total > 0, ap, math.nan)
+
+
 def label_average_precision(predictions: Predictions) -> tuple[Tensor, Tensor]:
-    """Multilabel: (positive rate, average precision) per label with at least one known positive (torchmetrics AP).
+    """Multilabel: (positive rate, average precision) per label with at least one known positive.
 
     Labels without a positive have no AP and are left out; unknown entries (-1) are ignored.
     """
-    from torchmetrics.functional.classification import multilabel_average_precision
-
-    target = predictions.target.long()
     frequency, _ = label_frequencies(predictions)
-    has_positive = (target == 1).any(dim=0)
-    if not bool(has_positive.any()):
-        return frequency[:0], frequency[:0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ap = multilabel_average_precision(
-            predictions.probabilities[:, has_positive].float(), target[:, has_positive],
-            num_labels=int(has_positive.sum()), average=None, ignore_index=-1,
-        )
-    return frequency[has_positive], ap.double()
+    ap = average_precision(predictions.probabilities, predictions.target)
+    has_positive = ~ap.isnan()
+    return frequency[has_positive], ap[has_positive]
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -221,7 +235,7 @@ def confusion_matrix_figure(predictions: Predictions) -> Figure:
     c = predictions.num_classes
     counts = confusion_counts(predictions.hard_target(), predictions.probabilities.argmax(dim=1), c)
     matrix = row_normalised(counts).numpy()
-    size = min(max(5.0, 0.3 * c + 2.5), 20.0)
+    size = min(max(5.0, 0.2 * c + 3.0), 14.0)
     fig = _figure(size + 1.0, size)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")

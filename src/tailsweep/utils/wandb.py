@@ -22,26 +22,35 @@ DEFAULT_HOST = "api.wandb.ai"
 LOCATION_KEYS = ("paths.", "hydra.", "data.manifest", "ckpt_path")
 
 
+def _netrc_path(environ: MutableMapping[str, str]) -> Path:
+    """Where ``wandb login`` keeps the API key: ``$NETRC``, else ``~/.netrc``, else ``~/_netrc`` (as wandb does)."""
+    if environ.get("NETRC"):
+        return Path(environ["NETRC"]).expanduser()
+    unix = Path("~/.netrc").expanduser()
+    return unix if unix.exists() else Path("~/_netrc").expanduser()
+
+
 def _netrc_has_login(host: str, environ: MutableMapping[str, str]) -> bool:
-    path = Path(environ["NETRC"]) if environ.get("NETRC") else Path.home() / ".netrc"
+    path = _netrc_path(environ)
     try:
-        return path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
+        entry = netrc.netrc(str(path)).authenticators(host) if path.is_file() else None
     except (OSError, netrc.NetrcParseError):
         return False
+    return entry is not None and bool(entry[2])
 
 
 def ensure_wandb_mode(environ: MutableMapping[str, str] | None = None) -> str:
     """Choose the W&B mode without touching the network, and return it.
 
     An explicit ``WANDB_MODE`` is kept. Otherwise the mode is ``online`` when credentials exist (``WANDB_API_KEY``,
-    or a ``~/.netrc`` / ``$NETRC`` entry for the W&B host, ``WANDB_BASE_URL``'s host or ``api.wandb.ai``, as
-    written by ``wandb login``); without them ``WANDB_MODE=offline`` is set, so a run never waits for a login
-    prompt or a network timeout.
+    or a ``$NETRC`` / ``~/.netrc`` entry with a password for the W&B host, ``WANDB_BASE_URL``'s or
+    ``api.wandb.ai``, as written by ``wandb login``); without them ``WANDB_MODE=offline`` is set, so that a run
+    never waits for a login prompt or a network timeout.
     """
     environ = os.environ if environ is None else environ
     if environ.get("WANDB_MODE"):
         return environ["WANDB_MODE"]
-    host = urlparse(environ.get("WANDB_BASE_URL", "")).hostname or DEFAULT_HOST
+    host = urlparse(environ.get("WANDB_BASE_URL", "")).netloc or DEFAULT_HOST
     if environ.get("WANDB_API_KEY") or _netrc_has_login(host, environ):
         return "online"
     environ["WANDB_MODE"] = "offline"
