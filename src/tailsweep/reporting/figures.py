@@ -252,7 +252,8 @@ def confusion_matrix_figure(predictions: Predictions) -> Figure:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     accuracy = float(counts.diagonal().sum()) / max(int(counts.sum()), 1)
-    ax.set_title(f"confusion matrix, normalised by row (accuracy {accuracy:.3f}, n={int(counts.sum())})")
+    soft = " (true = top class of the soft label)" if predictions.task == "soft" else ""
+    ax.set_title(f"confusion matrix, normalised by row{soft}\naccuracy {accuracy:.3f}, n={int(counts.sum())}")
     return fig
 
 
@@ -265,7 +266,7 @@ def label_histogram_figure(predictions: Predictions) -> Figure:
     true, mass = label_frequencies(predictions)
     if predictions.task == "multilabel":
         order = torch.argsort(true.nan_to_num(-1.0), descending=True)
-        fig = _figure(_class_width(min(predictions.num_classes, 60)), 4.0)
+        fig = _figure(8.0, 4.0)
         ax = fig.add_subplot()
         x = range(len(order))
         ax.plot(x, true[order].numpy(), label="true positive rate", color="black", lw=1.5)
