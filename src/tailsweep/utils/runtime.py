@@ -77,10 +77,17 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
 
     A failure is written to ``failure.json`` (error and traceback). In a multirun the job then returns an empty
     result so that the other jobs of the sweep still run; in a single run the error is re-raised (non-zero exit).
+    Either way an active W&B run is finished with the job's exit code (1 on failure), so a failed job is not marked
+    as finished OK and the next job of a multirun gets its own run.
     """
+    from tailsweep.utils.wandb import finish_wandb_run
+
     run_dir = output_dir()
+    exit_code = 1  # also for KeyboardInterrupt and other non-Exception exits: the run did not finish OK
     try:
-        return task(cfg)
+        metrics = task(cfg)
+        exit_code = 0
+        return metrics
     except SIGTERMException:
         write_json(run_dir / FAILURE_FILE, {"status": "interrupted", "error": "SIGTERM: resume with ckpt_path=last",
                                             "overrides": list(HydraConfig.get().overrides.task)})
@@ -97,6 +104,8 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         Console(stderr=True).print(f"job failed ({run_dir}): {type(error).__name__}: {error}", style="red",
                                    markup=False, highlight=False)
         return {}
+    finally:
+        finish_wandb_run(exit_code)
 
 
 def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:

@@ -1,0 +1,159 @@
+"""tailsweep-compare on hand-made multirun directories: grouping, statistics, best marks, failures, outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tailsweep.reporting import compare
+from tailsweep.reporting.compare import main, metric_direction, summarize, to_markdown
+
+# loss x seed -> (test/accuracy, test/ev_mae, test/rps, test/loss)
+RESULTS = {
+    ("ce", 1): (0.50, 2.0, 0.10, 1.9), ("ce", 2): (0.54, 2.4, 0.12, 1.8), ("ce", 3): (0.52, 2.2, 0.11, 1.7),
+    ("rps", 1): (0.48, 1.5, 0.08, 0.1), ("rps", 2): (0.46, 1.7, 0.07, 0.1), ("rps", 3): (0.47, 1.6, 0.09, 0.1),
+    ("corn", 1): (0.60, 1.9, 0.09, 0.5),
+}
+FAILED = {("corn", 2): "ValueError: CORN does not fit task 'multilabel'\nsecond line | with a pipe"}
+INCOMPLETE = {("corn", 3)}
+
+
+def _job(sweep: Path, number: int, overrides: list[str]) -> Path:
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return job
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """A multirun of experiment=counting loss=ce,rps,corn seed=1,2,3 in Hydra's job order."""
+    root = tmp_path / "multiruns" / "2024-05-01_12-00-00"
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    number = 0
+    for loss in ("ce", "rps", "corn"):
+        for seed in (1, 2, 3):
+            job = _job(root, number, ["experiment=counting", f"loss={loss}", f"seed={seed}", "paths.log_dir=/x"])
+            if (loss, seed) in RESULTS:
+                accuracy, mae, rps, loss_value = RESULTS[(loss, seed)]
+                metrics = {"test/accuracy": accuracy, "test/ev_mae": mae, "test/rps": rps, "test/loss": loss_value,
+                           "val/rps": rps + 0.01, "train/loss": 0.3}
+                (job / "metrics.json").write_text(json.dumps({"status": "completed", "metrics": metrics,
+                                                              "best_checkpoint": "x.ckpt"}))
+            elif (loss, seed) in FAILED:
+                (job / "failure.json").write_text(json.dumps({"status": "failed", "error": FAILED[(loss, seed)]}))
+            number += 1
+    return root
+
+
+def _stats(loss: str, index: int) -> tuple[float, float, int]:
+    values = [v[index] for (name, _), v in RESULTS.items() if name == loss]
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values)
+
+
+def test_rows_group_seeds_and_keep_failures(sweep: Path) -> None:
+    rows, metrics = summarize(sweep)
+    assert metrics == ["test/accuracy", "test/ev_mae", "test/rps"]  # test/ metrics without the loss
+    assert [(r.label, r.status, r.n) for r in rows] == [
+        ("loss=ce", "completed", 3), ("loss=rps", "completed", 3), ("loss=corn", "completed", 1),
+        ("loss=corn seed=2 [job 7]", "failed", 0), ("loss=corn seed=3 [job 8]", "failed", 0),
+    ]
+    for row in rows[:3]:
+        loss = row.label.split("=")[1]
+        for index, name in enumerate(metrics):
+            mean, std, n = _stats(loss, index)
+            assert row.mean[name] == pytest.approx(mean, rel=1e-12) and row.n == n
+            assert (math.isnan(row.std[name]) and math.isnan(std)) or row.std[name] == pytest.approx(std, rel=1e-12)
+    assert rows[0].jobs == ("0", "1", "2") and rows[2].jobs == ("6",)
+    assert rows[3].error.startswith("ValueError: CORN does not fit") and "running or killed" in rows[4].error
+    assert all(math.isnan(v) for v in rows[3].mean.values())
+
+
+def test_best_follows_each_metrics_direction(sweep: Path) -> None:
+    rows, _ = summarize(sweep)
+    best = {row.label: set(row.best) for row in rows}
+    assert best["loss=corn"] == {"test/accuracy"}  # max
+    assert best["loss=rps"] == {"test/ev_mae", "test/rps"}  # min
+    assert best["loss=ce"] == set()
+    rows, _ = summarize(sweep, ["test/accuracy"], directions={"test/accuracy": "min"})
+    assert [row.label for row in rows if row.best] == ["loss=rps"]
+
+
+def test_requested_metrics_by_short_name_and_unknown_ones(sweep: Path) -> None:
+    _, metrics = summarize(sweep, ["rps", "val/rps", "test/loss"])
+    assert metrics == ["test/rps", "val/rps", "test/loss"]
+    with pytest.raises(ValueError, match=r"metric 'qwk' is not reported by any job; available: \['test/accuracy'"):
+        summarize(sweep, ["qwk"])
+
+
+@pytest.mark.parametrize(("name", "direction"), [
+    ("test/rps", "min"), ("val/ev_mae", "min"), ("test/group_sum_mae", "min"), ("test/ece", "min"),
+    ("test/loss", "min"), ("test/accuracy", "max"), ("test/macro_ap", "max"), ("val/qwk", "max"),
+    ("test/top1_error", "min"), ("test/unknown_thing", None),
+])
+def test_metric_direction(name: str, direction: str | None) -> None:
+    assert metric_direction(name) == direction
+
+
+def test_markdown_marks_best_and_escapes_errors(sweep: Path) -> None:
+    rows, metrics = summarize(sweep)
+    text = to_markdown(rows, metrics)
+    lines = text.splitlines()
+    assert lines[0] == "| run | n | test/accuracy ↑ | test/ev_mae ↓ | test/rps ↓ | status |"
+    mean, std, _ = _stats("rps", 1)
+    assert f"| loss=rps | 3 | 0.47 ± 0.01 | **{mean:.4g} ± {std:.2g}** |" in text
+    assert "| loss=corn | 1 | **0.6** | 1.9 | 0.09 | ok |" in text
+    failed = next(line for line in lines if "[job 7]" in line)
+    assert "failed: ValueError: CORN does not fit task 'multilabel' second line \\| with a pipe" in failed
+    columns = [len(re.findall(r"(?<!\\)\|", line)) for line in lines[:7]]
+    assert columns == [7] * 7  # the escaped pipe in the error did not add a column
+
+
+def test_main_writes_table_csv_and_plot(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report"
+    assert main([str(sweep), "--out", str(out), "--metrics", "test/rps", "test/accuracy"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == (out / "comparison.md").read_text().strip()
+    table = list(csv.DictReader(io.StringIO((out / "comparison.csv").read_text())))
+    assert [r["run"] for r in table][:3] == ["loss=ce", "loss=rps", "loss=corn"]
+    assert float(table[1]["test/rps"]) == pytest.approx(0.08) and float(table[1]["test/rps std"]) == pytest.approx(0.01)
+    assert table[1]["best"] == "test/rps" and table[2]["best"] == "test/accuracy"
+    assert table[3]["status"] == "failed" and table[3]["test/rps"] == "" and table[3]["error"].startswith("ValueError")
+    assert table[0]["overrides"] == "experiment=counting loss=ce paths.log_dir=/x"
+    assert (out / "comparison.png").stat().st_size > 5000
+
+
+def test_default_output_is_the_sweep_directory(sweep: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(sweep)]) == 0
+    assert {p.name for p in sweep.glob("comparison.*")} == {"comparison.md", "comparison.csv", "comparison.png"}
+
+
+def test_all_failed_still_reports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for number, loss in enumerate(("ce", "rps")):
+        job = _job(tmp_path, number, [f"loss={loss}"])
+        (job / "failure.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: boom"}))
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| loss=ce [job 0] | 0 | failed: RuntimeError: boom |" in printed
+
+
+def test_not_a_multirun_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path)]) == 2
+    assert "no job directories in" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_result_file_names_match_the_runtime() -> None:
+    from tailsweep.utils import runtime
+
+    assert (compare.METRICS_FILE, compare.FAILURE_FILE) == (runtime.METRICS_FILE, runtime.FAILURE_FILE)
