@@ -37,12 +37,15 @@ class TailClassifier(L.LightningModule):
         statistics: training-split statistics from the datamodule (task, C, class counts).
         optimizer: partial of a ``torch.optim`` optimizer (Hydra ``_partial_: true``).
         scheduler: optional partial of an LR scheduler, stepped per epoch.
-        metrics: per-stage metric names (``{"train": [...], "val": [...], "test": [...]}``); None = defaults.
+        metrics: per-stage metric names (``{"train": [...], "val": [...], "test": [...]}``); None = defaults
+            (see ``tailsweep.metrics.collections`` for the names and the keys they log).
         channels_last: convert the model and images to channels-last memory format (faster convs on GPU).
         compile: ``torch.compile`` the backbone.
         nonfinite_loss: ``raise`` (stop with the step, the batch's labels and the loss name) or ``skip`` (drop
             the batch's update and count it in ``train/skipped_batches``). Either way a NaN/inf loss never
             silently trains on; the check costs one device-to-host sync per step.
+        max_group_size: most members a group can have (sizes the group-sum distribution metrics); None = the
+            largest group of the training split.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class TailClassifier(L.LightningModule):
         pretrained: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
         nonfinite_loss: str = "raise",
+        max_group_size: int | None = None,
     ) -> None:
         super().__init__()
         if nonfinite_loss not in NONFINITE_POLICIES:
@@ -77,15 +81,18 @@ class TailClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         names = dict(metrics or {})
-        self.train_metrics = self._metrics("train", names.get("train"))
-        self.val_metrics = self._metrics("val", names.get("val"))
-        self.test_metrics = self._metrics("test", names.get("test"))
+        if max_group_size is None and statistics.group_sizes is not None:
+            max_group_size = int(statistics.group_sizes.max())
+        self.train_metrics = self._metrics("train", names.get("train"), max_group_size)
+        self.val_metrics = self._metrics("val", names.get("val"), max_group_size)
+        self.test_metrics = self._metrics("test", names.get("test"), max_group_size)
         self.skipped_batches = 0
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def _metrics(self, stage: str, names: Sequence[str] | None) -> MetricCollection:
-        return build_metric_collection(self.task, self.num_classes, stage=stage, names=names, prefix=f"{stage}/")
+    def _metrics(self, stage: str, names: Sequence[str] | None, max_group_size: int | None) -> MetricCollection:
+        return build_metric_collection(self.task, self.num_classes, stage=stage, names=names, prefix=f"{stage}/",
+                                       max_group_size=max_group_size)
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -109,7 +116,6 @@ class TailClassifier(L.LightningModule):
         if len(self.train_metrics):
             with torch.no_grad():
                 self.train_metrics.update(self.loss.probabilities(outputs.detach()), batch["target"])
-            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def _on_nonfinite_loss(self, loss: Tensor, batch: dict[str, Tensor]) -> None:
@@ -128,9 +134,23 @@ class TailClassifier(L.LightningModule):
         probabilities = self.loss.probabilities(outputs)
         metrics.update(probabilities, batch["target"], group_id=batch["group_id"])
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=outputs.shape[0], sync_dist=True)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False)
         # returned for callbacks (plots) that collect predictions at the end of an evaluation epoch
         return {"probabilities": probabilities, "target": batch["target"], "group_id": batch["group_id"]}
+
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        """Compute (synchronised across ranks by torchmetrics) once per epoch, log, reset."""
+        if any(metric.update_called for metric in metrics.values(copy_state=False)):
+            self.log_dict(metrics.compute(), sync_dist=False)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.test_metrics)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._evaluate(batch, "val", self.val_metrics)
