@@ -18,6 +18,7 @@ from tailsweep.data.stats import DatasetStatistics
 from tailsweep.losses.base import TailLoss
 from tailsweep.metrics.collections import build_metric_collection
 from tailsweep.models.backbones import build_backbone
+from tailsweep.models.calibration import PriorCorrection
 
 NONFINITE_POLICIES = ("raise", "skip")
 
@@ -46,6 +47,10 @@ class TailClassifier(L.LightningModule):
             silently trains on; the check costs one device-to-host sync per step.
         max_group_size: most members a group can have (sizes the group-sum distribution metrics); None = the
             largest group of the training split.
+        prior_correction: report probabilities corrected for what class weights and weighted sampling did to
+            them (``models/calibration.py``); the raw ones are then logged too, under ``<stage>/raw/``.
+        target_prior: ``train`` (the data's prior) or ``uniform`` (balanced posterior) for the correction.
+        sample_shift: log-space shift of the weighted sampler (from ``calibration.sampling_shift``).
     """
 
     def __init__(
@@ -62,13 +67,16 @@ class TailClassifier(L.LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
         nonfinite_loss: str = "raise",
         max_group_size: int | None = None,
+        prior_correction: bool = True,
+        target_prior: str = "train",
+        sample_shift: Tensor | None = None,
     ) -> None:
         super().__init__()
         if nonfinite_loss not in NONFINITE_POLICIES:
             raise ValueError(
                 f"TailClassifier: nonfinite_loss must be one of {NONFINITE_POLICIES}, got {nonfinite_loss!r}"
             )
-        ignored = ["loss", "statistics"] + ([] if isinstance(backbone, str) else ["backbone"])
+        ignored = ["loss", "statistics", "sample_shift"] + ([] if isinstance(backbone, str) else ["backbone"])
         self.save_hyperparameters(ignore=ignored, logger=False)
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
@@ -78,6 +86,8 @@ class TailClassifier(L.LightningModule):
         self.backbone = torch.compile(backbone) if compile else backbone
         self.head = loss.make_head(backbone.num_features, statistics.num_classes)
         self.loss = loss
+        self.correction = PriorCorrection.build(statistics, loss.prior_shift(), sample_shift, target_prior)
+        self.report_raw = prior_correction and self.correction.active
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         names = dict(metrics or {})
@@ -86,6 +96,9 @@ class TailClassifier(L.LightningModule):
         self.train_metrics = self._metrics("train", names.get("train"), max_group_size)
         self.val_metrics = self._metrics("val", names.get("val"), max_group_size)
         self.test_metrics = self._metrics("test", names.get("test"), max_group_size)
+        # raw (uncorrected) probabilities are scored as well when the correction changes them
+        self.val_raw_metrics = self.val_metrics.clone(prefix="val/raw/") if self.report_raw else None
+        self.test_raw_metrics = self.test_metrics.clone(prefix="test/raw/") if self.report_raw else None
         self.skipped_batches = 0
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -129,13 +142,21 @@ class TailClassifier(L.LightningModule):
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         return None
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: MetricCollection) -> dict[str, Tensor]:
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         outputs, loss = self._step(batch)
-        probabilities = self.loss.probabilities(outputs)
-        metrics.update(probabilities, batch["target"], group_id=batch["group_id"])
+        raw = self.loss.probabilities(outputs)
+        reported = self.correction(raw) if self.hparams.prior_correction else raw
+        metrics, raw_metrics = (self.val_metrics, self.val_raw_metrics) if stage == "val" else (
+            self.test_metrics, self.test_raw_metrics)
+        metrics.update(reported, batch["target"], group_id=batch["group_id"])
+        if raw_metrics is not None:
+            raw_metrics.update(raw, batch["target"], group_id=batch["group_id"])
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=outputs.shape[0], sync_dist=True)
         # returned for callbacks (plots) that collect predictions at the end of an evaluation epoch
-        return {"probabilities": probabilities, "target": batch["target"], "group_id": batch["group_id"]}
+        step = {"probabilities": raw, "target": batch["target"], "group_id": batch["group_id"]}
+        if self.report_raw:
+            step["corrected_probabilities"] = reported
+        return step
 
     def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
         """Compute (synchronised across ranks by torchmetrics) once per epoch, log, reset."""
@@ -148,15 +169,19 @@ class TailClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics(self.val_metrics)
+        if self.val_raw_metrics is not None:
+            self._log_epoch_metrics(self.val_raw_metrics)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics(self.test_metrics)
+        if self.test_raw_metrics is not None:
+            self._log_epoch_metrics(self.test_raw_metrics)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "val", self.val_metrics)
+        return self._evaluate(batch, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "test", self.test_metrics)
+        return self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameters())

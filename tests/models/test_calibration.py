@@ -1,0 +1,72 @@
+"""Prior correction recovers the data-prior posterior from one fitted under weights or re-sampling (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tailsweep.data.stats import DatasetStatistics
+from tailsweep.models.calibration import PriorCorrection, sampling_shift
+
+
+def _stats(counts: list[float], task: str = "ordinal") -> DatasetStatistics:
+    c = torch.tensor(counts, dtype=torch.float64)
+    return DatasetStatistics(task, len(counts), int(c.sum()), c, c.clone())
+
+
+def test_class_weight_shift_is_undone() -> None:
+    torch.manual_seed(0)
+    stats = _stats([500, 100, 20, 5])
+    p = torch.softmax(torch.randn(64, 4, dtype=torch.float64), -1)
+    w = torch.tensor([0.2, 0.7, 1.5, 4.0], dtype=torch.float64)
+    fitted = p * w / (p * w).sum(-1, keepdim=True)  # optimum of class-weighted CE
+    corrected = PriorCorrection.build(stats, w.log())(fitted.float())
+    torch.testing.assert_close(corrected.double(), p, atol=1e-5, rtol=1e-4)
+
+
+def test_sampling_shift_matches_the_sampled_class_distribution() -> None:
+    stats = _stats([6, 3, 1])
+    targets = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 2])
+    weights = 1.0 / stats.class_counts[targets]  # inverse-frequency sampling: q uniform
+    shift = sampling_shift(stats, weights, targets)
+    pi = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    torch.testing.assert_close(shift, (torch.full((3,), 1 / 3, dtype=torch.float64) / pi).log())
+    p = torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64)
+    fitted = p / pi
+    fitted = fitted / fitted.sum()
+    corrected = PriorCorrection.build(stats, None, shift)(fitted.float())
+    torch.testing.assert_close(corrected.double(), p, atol=1e-6, rtol=1e-5)
+
+
+def test_multilabel_pos_weight_logit_shift_is_undone() -> None:
+    positives, negatives = torch.tensor([10.0, 50.0, 5.0], dtype=torch.float64), torch.tensor([990.0, 950, 995],
+                                                                                               dtype=torch.float64)
+    stats = DatasetStatistics("multilabel", 3, 1000, positives, positives.clone(), negatives)
+    p = torch.tensor([[0.01, 0.2, 0.5]], dtype=torch.float64)
+    q = negatives / positives  # pos_weight = neg/pos
+    odds = p / (1 - p) * q
+    fitted = odds / (1 + odds)
+    corrected = PriorCorrection.build(stats, q.log())(fitted.float())
+    torch.testing.assert_close(corrected.double(), p, atol=1e-6, rtol=1e-5)
+
+
+def test_uniform_target_gives_the_balanced_posterior() -> None:
+    stats = _stats([800, 150, 50])
+    p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    corrected = PriorCorrection.build(stats, None, target_prior="uniform")(p.float())
+    expected = p / stats.class_prior
+    torch.testing.assert_close(corrected.double(), expected / expected.sum(), atol=1e-6, rtol=1e-5)
+
+
+def test_nothing_to_undo_is_the_identity_and_inactive() -> None:
+    correction = PriorCorrection.build(_stats([5, 5]), None)
+    assert not correction.active
+    p = torch.tensor([[0.3, 0.7]])
+    assert correction(p) is p
+
+
+def test_bad_shift_and_target_are_named() -> None:
+    with pytest.raises(ValueError, match=r"shape \(3,\), got \(2,\)"):
+        PriorCorrection.build(_stats([1, 2, 3]), torch.zeros(2))
+    with pytest.raises(ValueError, match="target_prior must be one of"):
+        PriorCorrection.build(_stats([1, 2, 3]), None, target_prior="test")
