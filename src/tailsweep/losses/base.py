@@ -34,10 +34,11 @@ REDUCTIONS = ("mean", "sum", "none")
 PARAMETRIZATIONS = ("softmax", "coral", "corn", "cumulative_link", "sigmoid")
 
 
-def checks_enabled() -> bool:
-    """True when value checks (which cost a host sync on accelerators) should run: ``TailLoss.validate`` is on
-    and the code is not being traced by ``torch.compile``."""
-    return TailLoss.validate and not torch.compiler.is_compiling()
+def checks_enabled(loss: TailLoss) -> bool:
+    """True when value checks (which cost a host sync on accelerators) should run: ``loss.validate`` is on (the
+    class-level switch ``TailLoss.validate``, or one set on a subclass or instance) and the code is not being
+    traced by ``torch.compile``."""
+    return bool(loss.validate) and not torch.compiler.is_compiling()
 
 
 def compute_dtype(outputs: Tensor) -> torch.dtype:
@@ -81,11 +82,13 @@ class TailLoss(nn.Module):
     def num_outputs(self, num_classes: int) -> int:
         """Width of the outputs ``forward`` takes for ``num_classes`` classes (C for softmax, C-1 for CORAL,
         CORN and the cumulative link model, L labels). ``make_head`` builds the layer that produces them."""
-        return num_classes
+        source = self.__dict__["_probability_source"]
+        return num_classes if source is None else source.num_outputs(num_classes)
 
     def classes_from_outputs(self, width: int) -> int:
         """Inverse of ``num_outputs``: the number of classes that an output width implies."""
-        return width
+        source = self.__dict__["_probability_source"]
+        return width if source is None else source.classes_from_outputs(width)
 
     def make_head(self, in_features: int, num_classes: int) -> nn.Module:
         """The last layer for this parametrization; CORAL, cumulative-link and LDAM losses override it."""
@@ -195,7 +198,7 @@ class ClassTargetLoss(TailLoss):
     def prepare_target(self, outputs: Tensor, target: Tensor) -> tuple[int, Tensor, Tensor | None]:
         """Validate; return (C, labels safe to index with, mask of valid samples or None when all count)."""
         num_classes = self.ensure_classes(outputs)
-        check_class_target(self.name, outputs, target, num_classes, self.ignore_index)
+        check_class_target(self.name, outputs, target, num_classes, self.ignore_index, values=checks_enabled(self))
         if self.ignore_index is None:
             return num_classes, target, None
         valid = target != self.ignore_index
@@ -209,10 +212,10 @@ class ClassTargetLoss(TailLoss):
 
 
 def check_class_target(loss_name: str, outputs: Tensor, target: Tensor, num_classes: int,
-                       ignore_index: int | None = None) -> None:
+                       ignore_index: int | None = None, *, values: bool = True) -> None:
     """Validate integer class targets against the batch size and class range (a clear ``ValueError``).
 
-    Shape and dtype checks are free; the range check costs one host sync and runs only when ``checks_enabled()``.
+    Shape and dtype checks are free; the range check costs one host sync and runs only when ``values``.
     """
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"{loss_name}: expected integer class labels, got dtype {target.dtype}")
@@ -220,7 +223,7 @@ def check_class_target(loss_name: str, outputs: Tensor, target: Tensor, num_clas
         raise ValueError(
             f"{loss_name}: expected target of shape ({outputs.shape[0]},), got {tuple(target.shape)}"
         )
-    if not checks_enabled() or target.numel() == 0:
+    if not values or target.numel() == 0:
         return
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:

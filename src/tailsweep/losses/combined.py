@@ -17,7 +17,8 @@ class WeightedSumLoss(TailLoss):
     only need probabilities (RPS, EMD, expected value, group sums) adopt the parametrization of the first member
     that has its own (so ``coral + group_sum`` works). The head, ``probabilities`` and the accepted tasks come
     from that primary member (tasks: those every member accepts); ``bind`` and ``on_epoch_start`` reach every
-    member, and each member reduces with this loss's ``reduction``. ``prior_shift`` is None: a sum of a
+    member, and each member reduces with this loss's ``reduction``; only the first member runs the value checks
+    on the shared target (one host sync, not one per member). ``prior_shift`` is None: a sum of a
     re-weighted and another loss has no closed-form shift.
 
     Config (Hydra): ``terms`` maps names to member configs, ``weights`` maps the same names to lambdas (missing
@@ -46,8 +47,10 @@ class WeightedSumLoss(TailLoss):
             raise ValueError(f"{self.name}: members must share one parametrization (one head), got "
                              f"{ {key: member.parametrization for key, member in terms.items()} }")
         self.__dict__["primary"] = owners[0] if owners else next(iter(terms.values()))
-        for member in terms.values():
+        for position, member in enumerate(terms.values()):
             member.reduction = reduction
+            if position:
+                member.validate = False  # the members share one target: the first one's value checks suffice
             if member is not self.primary and member.adopts_parametrization:
                 member.adopt_parametrization(self.primary)
 
@@ -86,7 +89,10 @@ class WeightedSumLoss(TailLoss):
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         total = None
         for key, member in self.terms.items():
-            value = member(outputs, target, group_id) if member.needs_group_id else member(outputs, target)
+            try:
+                value = member(outputs, target, group_id) if member.needs_group_id else member(outputs, target)
+            except ValueError as error:
+                raise ValueError(f"{self.name}[{key}]: {error}") from None
             value = self.weights[key] * value
             total = value if total is None else total + value
         return total

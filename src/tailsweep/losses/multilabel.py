@@ -23,15 +23,15 @@ from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
 POS_WEIGHT_SCHEMES = ("none", "neg_pos", "sqrt_neg_pos")
 
 
-def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor) -> None:
-    """Shape equal to the outputs', values in [0, 1] or exactly -1 (the value check runs when
-    ``checks_enabled()``: one host sync)."""
+def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, values: bool = True) -> None:
+    """Shape equal to the outputs', values in [0, 1] or exactly -1 (the value check runs when ``values``: one
+    host sync)."""
     if target.dtype == torch.bool or target.dtype.is_complex:
         raise ValueError(f"{loss_name}: expected float targets with 1/0/-1 (unknown), got dtype {target.dtype}")
     if target.shape != outputs.shape:
         raise ValueError(f"{loss_name}: expected targets of shape {tuple(outputs.shape)} (one column per label), "
                          f"got {tuple(target.shape)}")
-    if not checks_enabled() or target.numel() == 0:
+    if not values or target.numel() == 0:
         return
     bad = ~(((target >= 0) & (target <= 1)) | (target == -1))
     if bool(bad.any()):
@@ -54,7 +54,7 @@ class MultiLabelLoss(TailLoss):
     def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Validated logits, targets with unknowns set to 0, and the float mask of known entries."""
         self.ensure_classes(outputs)
-        check_multilabel_target(self.name, outputs, target)
+        check_multilabel_target(self.name, outputs, target, values=checks_enabled(self))
         dtype = compute_dtype(outputs)
         target = target.to(dtype)
         known = (target >= 0).to(dtype)

@@ -353,9 +353,10 @@ class CumulativeLinkLoss(CumulativeOutputLoss):
         return CumulativeLinkHead(in_features, num_classes)
 
     def log_probabilities(self, outputs: Tensor) -> Tensor:
-        logits = outputs.to(compute_dtype(outputs))
+        # The running max is the identity for CumulativeLinkHead's ordered outputs; it keeps the probabilities
+        # of an unordered (plain linear) head non-negative and summing to 1, like CORAL's running min.
+        logits = outputs.to(compute_dtype(outputs)).cummax(-1).values
         upper = F.pad(logits, (0, 1), value=math.inf)
         lower = F.pad(logits, (1, 0), value=-math.inf)
-        # Ordered heads give gaps > 0; the floor keeps an unordered (plain linear) head finite, not right.
-        gap = (upper - lower).clamp_min(1e-6)
+        gap = (upper - lower).clamp_min(1e-12)
         return F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-gap))

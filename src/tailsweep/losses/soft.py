@@ -24,14 +24,15 @@ from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
 COUNT_BY = ("mass", "nonzero")
 
 
-def check_soft_target(loss_name: str, outputs: Tensor, target: Tensor, tolerance: float) -> None:
+def check_soft_target(loss_name: str, outputs: Tensor, target: Tensor, tolerance: float, *,
+                      values: bool = True) -> None:
     """Probability rows: floating dtype, the outputs' shape, entries >= 0 and rows summing to 1 (within
-    ``tolerance``). The value check costs one host sync and runs only when ``checks_enabled()``."""
+    ``tolerance``). The value check costs one host sync and runs only when ``values``."""
     if not target.dtype.is_floating_point:
         raise ValueError(f"{loss_name}: expected floating-point probability targets, got dtype {target.dtype}")
     if target.shape != outputs.shape:
         raise ValueError(f"{loss_name}: expected targets of shape {tuple(outputs.shape)}, got {tuple(target.shape)}")
-    if not checks_enabled() or target.numel() == 0:
+    if not values or target.numel() == 0:
         return
     row_error = (target.sum(-1, dtype=torch.float32) - 1.0).abs()
     if bool((target < 0).any() | (row_error > tolerance).any() | ~torch.isfinite(row_error).all()):
@@ -85,7 +86,7 @@ class SoftCrossEntropyLoss(TailLoss):
     def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Validated logits and targets in the compute dtype."""
         self.ensure_classes(outputs)
-        check_soft_target(self.name, outputs, target, self.tolerance)
+        check_soft_target(self.name, outputs, target, self.tolerance, values=checks_enabled(self))
         dtype = compute_dtype(outputs)
         return outputs.to(dtype), target.to(dtype)
 
