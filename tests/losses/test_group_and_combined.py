@@ -105,3 +105,15 @@ def test_weighted_sum_errors_and_propagation():
     assert combined.terms["ldam"].reweighting
     with pytest.raises(ValueError, match="does not fit task 'multiclass'"):
         combined.bind(DatasetStatistics.from_labels(torch.arange(60) % C, C, task="multiclass"))
+
+
+def test_shared_probabilities_keep_the_gradient_of_the_separate_sum():
+    logits, labels, groups = batch(seed=5)
+    logits.requires_grad_(True)
+    combined = WeightedSumLoss({"rps": RankedProbabilityScoreLoss(), "group": GroupSumL1Loss()}, {"group": 0.5})
+    combined(logits, labels, groups).backward()
+    shared = logits.grad.clone()
+    logits.grad = None
+    (RankedProbabilityScoreLoss()(logits, labels) + 0.5 * GroupSumL1Loss()(logits, labels, groups)).backward()
+    torch.testing.assert_close(shared, logits.grad)
+    assert "probabilities" not in combined.primary.__dict__  # the per-forward cache is gone

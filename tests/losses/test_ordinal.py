@@ -23,6 +23,7 @@ from tailsweep.losses import (
     sord_targets,
     unimodal_targets,
 )
+from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
 
 C = 7
 
@@ -91,20 +92,43 @@ def test_cdw_ce_matches_formula_and_dlordinal(alpha):
     probabilities = torch.softmax(logits, 1)
     distance = (torch.arange(C)[None, :] - labels[:, None]).abs().double()
     expected = -(distance**alpha * torch.log(1 - probabilities)).sum(1)
-    torch.testing.assert_close(values, expected)
+    torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-7)  # the weight table is stored in float32
     dlordinal = pytest.importorskip("dlordinal.losses")
     peer = dlordinal.CDWCELoss(num_classes=C, alpha=alpha)(logits.float(), labels)
     torch.testing.assert_close(values.mean().float(), peer, rtol=1e-4, atol=1e-5)
 
 
-def test_cdw_ce_is_finite_where_the_peer_is_not():
-    logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 30.0]], requires_grad=True)
-    labels = torch.tensor([2, 0])
+def log_space_cdw_ce(logits, labels, alpha):
+    """Float64 reference with log(1 - p_c) = logsumexp_{j != c} log p_j (exact at any logit gap)."""
+    log_p = logits.double().log_softmax(1)
+    num_classes = logits.shape[1]
+    others = ~torch.eye(num_classes, dtype=torch.bool)
+    log1m = torch.stack([log_p[:, others[c]].logsumexp(1) for c in range(num_classes)], 1)
+    distance = (torch.arange(num_classes)[None, :] - labels[:, None]).abs().double()
+    return -(distance**alpha * log1m).sum(1)
+
+
+def test_cdw_ce_is_exact_at_extreme_logits():
+    logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 30.0], [5.0, 5.0, -3.0], [200.0, 0.0, 1.0]],
+                          requires_grad=True)
+    labels = torch.tensor([2, 0, 2, 1])
     value = CDWCELoss(alpha=1.0, reduction="none")(logits, labels)
-    # -log(1 - p_top) = -(log sum of the others' p) is about 1e4 (2e4 for the first row), not inf
-    torch.testing.assert_close(value.detach(), torch.tensor([2.0 * 1e4, 1e4 - 30.0]), rtol=1e-4, atol=0)
+    reference_logits = logits.detach().double().requires_grad_(True)
+    reference = log_space_cdw_ce(reference_logits, labels, 1.0)
+    torch.testing.assert_close(value.double(), reference.detach(), rtol=1e-6, atol=1e-5)  # 2e4, not inf or 87
     value.sum().backward()
-    assert torch.isfinite(logits.grad).all()
+    reference.sum().backward()
+    torch.testing.assert_close(logits.grad.double(), reference_logits.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_kernels_pass_gradcheck():
+    generator = torch.Generator().manual_seed(9)
+    for num_classes in (2, 5):
+        logits = torch.randn(4, num_classes, dtype=torch.float64, generator=generator, requires_grad=True)
+        labels = torch.randint(0, num_classes, (4,), generator=generator)
+        weight = (torch.arange(num_classes)[None, :] - labels[:, None]).abs().double() ** 1.5
+        assert torch.autograd.gradcheck(lambda z, w=weight: class_distance_weighted_ce(z, w, w.sum(1)), (logits,))
+        assert torch.autograd.gradcheck(lambda z, y=labels: cdf_squared_error(z.softmax(1), y), (logits,))
 
 
 @pytest.mark.parametrize(("alpha", "distance"), [(1.0, "absolute"), (2.5, "absolute"), (0.5, "squared")])

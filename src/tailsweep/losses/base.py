@@ -198,8 +198,9 @@ class ClassTargetLoss(TailLoss):
     def prepare_target(self, outputs: Tensor, target: Tensor) -> tuple[int, Tensor, Tensor | None]:
         """Validate; return (C, labels safe to index with, mask of valid samples or None when all count)."""
         num_classes = self.ensure_classes(outputs)
-        check_class_target(self.name, outputs, target, num_classes, self.ignore_index, values=checks_enabled(self))
-        if self.ignore_index is None:
+        ignored = check_class_target(self.name, outputs, target, num_classes, self.ignore_index,
+                                     values=checks_enabled(self))
+        if self.ignore_index is None or ignored is False:
             return num_classes, target, None
         valid = target != self.ignore_index
         return num_classes, target.masked_fill(~valid, 0), valid
@@ -212,10 +213,12 @@ class ClassTargetLoss(TailLoss):
 
 
 def check_class_target(loss_name: str, outputs: Tensor, target: Tensor, num_classes: int,
-                       ignore_index: int | None = None, *, values: bool = True) -> None:
+                       ignore_index: int | None = None, *, values: bool = True) -> bool | None:
     """Validate integer class targets against the batch size and class range (a clear ``ValueError``).
 
-    Shape and dtype checks are free; the range check costs one host sync and runs only when ``values``.
+    Shape and dtype checks are free; the range check (when ``values``) costs one pass and one host sync, two
+    when labels outside ``0..C-1`` are present. Returns whether any label equals ``ignore_index`` (None when the
+    values were not looked at), so that callers can skip the masking.
     """
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"{loss_name}: expected integer class labels, got dtype {target.dtype}")
@@ -224,14 +227,17 @@ def check_class_target(loss_name: str, outputs: Tensor, target: Tensor, num_clas
             f"{loss_name}: expected target of shape ({outputs.shape[0]},), got {tuple(target.shape)}"
         )
     if not values or target.numel() == 0:
-        return
-    bad = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad &= target != ignore_index
+        return None
+    low, high = torch.stack(target.aminmax()).tolist()
+    if low >= 0 and high < num_classes:
+        return False
+    outside = (target < 0) | (target >= num_classes)
+    ignored = outside & (target == ignore_index) if ignore_index is not None else torch.zeros_like(outside)
+    bad = outside & ~ignored
     if bool(bad.any()):
-        wrong = target[bad]
         raise ValueError(
             f"{loss_name}: labels must lie in 0..{num_classes - 1}"
             f"{'' if ignore_index is None else f' or equal ignore_index={ignore_index}'}, got values "
-            f"{wrong.unique()[:10].tolist()}"
+            f"{target[bad].unique()[:10].tolist()}"
         )
+    return True

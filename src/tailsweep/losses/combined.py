@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from torch import Tensor, nn
 
@@ -88,11 +89,33 @@ class WeightedSumLoss(TailLoss):
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         total = None
-        for key, member in self.terms.items():
-            try:
-                value = member(outputs, target, group_id) if member.needs_group_id else member(outputs, target)
-            except ValueError as error:
-                raise ValueError(f"{self.name}[{key}]: {error}") from None
-            value = self.weights[key] * value
-            total = value if total is None else total + value
+        with self.shared_probabilities(outputs):
+            for key, member in self.terms.items():
+                try:
+                    value = member(outputs, target, group_id) if member.needs_group_id else member(outputs, target)
+                except ValueError as error:
+                    raise ValueError(f"{self.name}[{key}]: {error}") from None
+                value = self.weights[key] * value
+                total = value if total is None else total + value
         return total
+
+    @contextmanager
+    def shared_probabilities(self, outputs: Tensor) -> Iterator[None]:
+        """During one forward, the members that ask the primary for probabilities of ``outputs`` share one
+        computation (RPS + group sum would otherwise take the softmax twice)."""
+        primary = self.primary
+        compute = primary.probabilities
+        cache: list[Tensor] = []
+
+        def probabilities(values: Tensor) -> Tensor:
+            if values is not outputs:
+                return compute(values)
+            if not cache:
+                cache.append(compute(values))
+            return cache[0]
+
+        primary.__dict__["probabilities"] = probabilities
+        try:
+            yield
+        finally:
+            del primary.__dict__["probabilities"]

@@ -192,11 +192,12 @@ class LDAMLoss(ClassTargetLoss):
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
         logits = outputs.to(compute_dtype(outputs))
-        index = labels[:, None]
-        margin = self.buffer_on("margins", logits)[index]
-        adjusted = logits.scatter(1, index, logits.gather(1, index) - margin)
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        scaled = self.scale * logits
+        margin = self.scale * self.buffer_on("margins", logits)[labels]
+        scaled.index_put_((rows, labels), scaled[rows, labels] - margin)  # in place: O(B), not a copy of [B, C]
         weight = self.buffer_on("drw_weight", logits) if self.reweighting else None
-        per_sample = F.cross_entropy(self.scale * adjusted, labels, weight=weight, reduction="none")
+        per_sample = F.cross_entropy(scaled, labels, weight=weight, reduction="none")
         return self.finish(per_sample, valid)
 
     def probabilities(self, outputs: Tensor) -> Tensor:

@@ -23,20 +23,37 @@ from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
 POS_WEIGHT_SCHEMES = ("none", "neg_pos", "sqrt_neg_pos")
 
 
-def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, values: bool = True) -> None:
-    """Shape equal to the outputs', values in [0, 1] or exactly -1 (the value check runs when ``values``: one
-    host sync)."""
+def power(base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` with multiplications for the usual small integer exponents (pow is slow on CPU)."""
+    if exponent == 1:
+        return base
+    if exponent == 2:
+        return base * base
+    if exponent == 4:
+        square = base * base
+        return square * square
+    return base.pow(exponent)
+
+
+def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, values: bool = True) -> bool | None:
+    """Shape equal to the outputs', values in [0, 1] or exactly -1. The value check (when ``values``) costs one
+    pass and one host sync (two when unknowns are present); it returns whether any entry is unknown (None when
+    it did not look)."""
     if target.dtype == torch.bool or target.dtype.is_complex:
         raise ValueError(f"{loss_name}: expected float targets with 1/0/-1 (unknown), got dtype {target.dtype}")
     if target.shape != outputs.shape:
         raise ValueError(f"{loss_name}: expected targets of shape {tuple(outputs.shape)} (one column per label), "
                          f"got {tuple(target.shape)}")
     if not values or target.numel() == 0:
-        return
-    bad = ~(((target >= 0) & (target <= 1)) | (target == -1))
-    if bool(bad.any()):
+        return None
+    low, high = torch.stack(target.aminmax()).tolist()
+    unknown = low < 0
+    bad = high > 1 or low < -1 or (unknown and bool(((target < 0) & (target != -1)).any()))
+    if bad:
+        wrong = target[~(((target >= 0) & (target <= 1)) | (target == -1))]
         raise ValueError(f"{loss_name}: expected target values in [0, 1] or -1 (unknown), got e.g. "
-                         f"{target[bad].unique()[:10].tolist()}")
+                         f"{wrong.unique()[:10].tolist()}")
+    return unknown
 
 
 class MultiLabelLoss(TailLoss):
@@ -51,18 +68,22 @@ class MultiLabelLoss(TailLoss):
     def log_probabilities(self, outputs: Tensor) -> Tensor:
         return F.logsigmoid(outputs.to(compute_dtype(outputs)))
 
-    def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Validated logits, targets with unknowns set to 0, and the float mask of known entries."""
+    def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Validated logits, targets with unknowns set to 0, and the mask of known entries (None when the value
+        check found no unknowns, which saves the masking passes)."""
         self.ensure_classes(outputs)
-        check_multilabel_target(self.name, outputs, target, values=checks_enabled(self))
+        unknown = check_multilabel_target(self.name, outputs, target, values=checks_enabled(self))
         dtype = compute_dtype(outputs)
         target = target.to(dtype)
-        known = (target >= 0).to(dtype)
-        return outputs.to(dtype), target * known, known
+        if unknown is False:
+            return outputs.to(dtype), target, None
+        return outputs.to(dtype), target.clamp_min(0.0), target >= 0
 
-    def finish_labels(self, pointwise: Tensor, known: Tensor) -> Tensor:
+    def finish_labels(self, pointwise: Tensor, known: Tensor | None) -> Tensor:
         """Mask unknown entries, average over label slots, reduce over samples."""
-        return self.reduce((pointwise * known).sum(-1) / pointwise.shape[-1])
+        if known is not None:
+            pointwise = torch.where(known, pointwise, 0.0)
+        return self.reduce(pointwise.sum(-1) / pointwise.shape[-1])
 
     def ensure_classes(self, outputs: Tensor) -> int:
         if outputs.ndim != 2 or outputs.shape[1] < 1:
@@ -186,7 +207,8 @@ class AsymmetricLoss(MultiLabelLoss):
 
     Same value as timm's ``AsymmetricLossMultiLabel`` (which sums where this averages over labels) except that
     ``log p`` is ``logsigmoid(z)`` instead of ``log(max(p, 1e-8))``: the gradient does not vanish for a positive
-    whose logit is below -18, and ``1 - p`` is ``s(-z)`` without cancellation.
+    whose logit is below -18. For soft targets this is ``y L+ + (1 - y) L-``, where timm mixes the focusing
+    exponents instead (same for 0/1 targets).
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05, *,
@@ -201,18 +223,19 @@ class AsymmetricLoss(MultiLabelLoss):
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         logits, target, known = self.prepare(outputs, target)
+        probability = torch.sigmoid(logits)
         positive = F.logsigmoid(logits)
         if self.gamma_pos:
-            positive = positive * torch.sigmoid(-logits).pow(self.gamma_pos)
+            positive = positive * power(1.0 - probability, self.gamma_pos)
         if self.clip:
-            shifted = (torch.sigmoid(logits) - self.clip).clamp_min(0.0)
+            shifted = (probability - self.clip).clamp_min_(0.0)
             negative = torch.log1p(-shifted)
         else:
-            shifted = torch.sigmoid(logits)
+            shifted = probability
             negative = F.logsigmoid(-logits)
         if self.gamma_neg:
-            negative = negative * shifted.pow(self.gamma_neg)
-        pointwise = -(target * positive + (1.0 - target) * negative)
+            negative = negative * power(shifted, self.gamma_neg)
+        pointwise = -torch.lerp(negative, positive, target)  # y L+ + (1 - y) L-
         return self.finish_labels(pointwise, known)
 
 
@@ -242,5 +265,5 @@ class ClassBalancedBCELoss(MultiLabelLoss):
                                                        reduction="none")
         if self.gamma:
             # 1 - p_t = s(z (1 - 2y)) for hard targets, computed without cancellation
-            pointwise = pointwise * torch.sigmoid(logits * (1.0 - 2.0 * target)).pow(self.gamma)
+            pointwise = pointwise * power(torch.sigmoid(logits * (1.0 - 2.0 * target)), self.gamma)
         return self.finish_labels(pointwise, known)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tailsweep.losses.base import ClassTargetLoss, compute_dtype
+from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
 from tailsweep.losses.heads import CoralHead, CumulativeLinkHead
 
 ORDINAL: frozenset[str] = frozenset({"ordinal"})
@@ -58,9 +59,7 @@ class RankedProbabilityScoreLoss(OrdinalLoss):
 
     def cdf_squared_error(self, outputs: Tensor, labels: Tensor) -> Tensor:
         """``sum_i (F_i - H_i)^2`` per sample, with ``F`` the predicted and ``H`` the observed CDF."""
-        cdf = self.probabilities(outputs).cumsum(-1)
-        step = (self.buffer_on("class_index", cdf) >= labels[:, None]).to(cdf.dtype)
-        return (cdf - step).square().sum(-1)
+        return cdf_squared_error(self.probabilities(outputs), labels)
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         num_classes, labels, valid = self.prepare_target(outputs, target)
@@ -114,15 +113,6 @@ class ExpectedValueL2Loss(ExpectedValueL1Loss):
     exponent: ClassVar[int] = 2
 
 
-def log1m_softmax(logits: Tensor) -> Tensor:
-    """``log(1 - softmax(z))`` without cancellation: ``log1p(-p_i)`` for every class but the most likely (whose
-    ``p_i <= 1/2``), and ``logsumexp`` of the other classes' log probabilities for the most likely one."""
-    log_p = logits.log_softmax(-1)
-    top = logits.argmax(-1, keepdim=True)
-    others = log_p.scatter(1, top, float("-inf"))
-    return torch.log1p(-others.exp()).scatter(1, top, others.logsumexp(-1, keepdim=True))
-
-
 class CDWCELoss(OrdinalLoss):
     """Class distance weighted cross-entropy (Polat et al. 2022, "Class Distance Weighted Cross-Entropy Loss for
     Ulcerative Colitis Severity Estimation"):
@@ -130,7 +120,8 @@ class CDWCELoss(OrdinalLoss):
     ``loss_i = -sum_c |c - y_i|^alpha log(1 - p_c)``
 
     pushes down the probability of every class in proportion to its distance to the label. ``log(1 - p)`` is
-    computed without cancellation (finite at logits of 1e4). The ``[C, C]`` weight table is built once per C.
+    exact even for the most likely class at any logit gap (see ``functional.class_distance_weighted_ce``); the
+    ``[C, C]`` weight table is built once per C.
     """
 
     def __init__(self, alpha: float = 1.0, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
@@ -139,19 +130,22 @@ class CDWCELoss(OrdinalLoss):
             raise ValueError(f"{self.name}: alpha must be >= 0, got {alpha}")
         self.alpha = alpha
         self.register_buffer("distance_weight", None, persistent=False)
+        self.register_buffer("distance_weight_sum", None, persistent=False)
 
     def build(self, num_classes: int) -> None:
         super().build(num_classes)
         index = torch.arange(num_classes, dtype=torch.float64)
         distance = (index[:, None] - index[None, :]).abs()
-        self.distance_weight = torch.where(distance > 0, distance.pow(self.alpha), 0.0).to(torch.float32)
+        weight = torch.where(distance > 0, distance.pow(self.alpha), 0.0)
+        self.distance_weight = weight.to(torch.float32)
+        self.distance_weight_sum = weight.sum(-1).to(torch.float32)
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
         logits = outputs.to(compute_dtype(outputs))
         weight = self.buffer_on("distance_weight", logits)[labels]
-        per_sample = -(weight * log1m_softmax(logits)).sum(-1)
-        return self.finish(per_sample, valid)
+        weight_sum = self.buffer_on("distance_weight_sum", logits)[labels]
+        return self.finish(class_distance_weighted_ce(logits, weight, weight_sum), valid)
 
 
 def sord_targets(num_classes: int, alpha: float = 1.0, distance: str = "absolute") -> Tensor:
@@ -280,9 +274,13 @@ class CumulativeOutputLoss(OrdinalLoss):
     def probabilities(self, outputs: Tensor) -> Tensor:
         return self.log_probabilities(outputs).exp()
 
+    def negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``-log p_y`` per sample (subclasses compute it from the label's entries only)."""
+        return -self.log_probabilities(logits).gather(1, labels[:, None]).squeeze(1)
+
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
-        per_sample = -self.log_probabilities(outputs).gather(1, labels[:, None]).squeeze(1)
+        per_sample = self.negative_log_likelihood(outputs.to(compute_dtype(outputs)), labels)
         return self.finish(per_sample, valid)
 
 
@@ -338,6 +336,12 @@ class CORNLoss(CumulativeOutputLoss):
         stops = F.pad(F.logsigmoid(-logits), (0, 1))
         return survived + stops
 
+    def negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
+        passed = (self.buffer_on("class_index", logits)[:-1] < labels[:, None]).to(logits.dtype)  # tasks k < y
+        last = logits.shape[1]
+        stop = F.logsigmoid(-logits.gather(1, labels.clamp(max=last - 1)[:, None]).squeeze(1))
+        return -torch.linalg.vecdot(passed, F.logsigmoid(logits)) - stop.masked_fill(labels == last, 0.0)
+
 
 class CumulativeLinkLoss(CumulativeOutputLoss):
     """Cumulative link (proportional odds, logit link) model (McCullagh 1980, "Regression models for ordinal
@@ -352,11 +356,26 @@ class CumulativeLinkLoss(CumulativeOutputLoss):
     def make_head(self, in_features: int, num_classes: int) -> nn.Module:
         return CumulativeLinkHead(in_features, num_classes)
 
+    @staticmethod
+    def interval_log_probability(upper: Tensor, lower: Tensor) -> Tensor:
+        """``log(s(upper) - s(lower))`` for ``upper >= lower`` (either may be infinite), without cancellation.
+        The floor on the gap keeps an unordered (plain linear) head finite, not right."""
+        gap = (upper - lower).clamp_min(1e-12)
+        return F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-gap))
+
     def log_probabilities(self, outputs: Tensor) -> Tensor:
         # The running max is the identity for CumulativeLinkHead's ordered outputs; it keeps the probabilities
         # of an unordered (plain linear) head non-negative and summing to 1, like CORAL's running min.
         logits = outputs.to(compute_dtype(outputs)).cummax(-1).values
         upper = F.pad(logits, (0, 1), value=math.inf)
         lower = F.pad(logits, (1, 0), value=-math.inf)
-        gap = (upper - lower).clamp_min(1e-12)
-        return F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-gap))
+        return self.interval_log_probability(upper, lower)
+
+    def negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
+        # only the label's two cutpoints matter: O(B), not O(B * C)
+        last = logits.shape[1]
+        upper = logits.gather(1, labels.clamp(max=last - 1)[:, None]).squeeze(1)
+        lower = logits.gather(1, (labels - 1).clamp(min=0)[:, None]).squeeze(1)
+        upper = upper.masked_fill(labels == last, math.inf)
+        lower = lower.masked_fill(labels == 0, -math.inf)
+        return -self.interval_log_probability(upper, lower)
