@@ -6,8 +6,8 @@
 Prints a Markdown table (the ``## Losses`` section of BENCHMARKS.md). Targets: within 3x of plain CE at the same
 width, and no slower than the peer's implementation of the same loss. Peers are optional: a missing one is
 skipped. Outputs come from the loss's own head (``make_head``) applied to random features, so that each loss
-sees the value range it is built for. Each time is the fastest of repeated steps after a warm-up; on one CPU thread it is CPU time, so that other
-processes on a shared machine do not inflate it.
+sees the value range it is built for. Each time is the fastest of repeated steps after a warm-up; on one CPU
+thread it is CPU time, so that other processes on a shared machine do not inflate it.
 """
 
 from __future__ import annotations
@@ -36,15 +36,16 @@ CONFIG_DIR = ROOT / "configs" / "loss"
 Step = Callable[[torch.Tensor], torch.Tensor]
 
 
-def time_step(step: Step, outputs: torch.Tensor, *, budget_s: float, max_reps: int) -> float:
-    """Fastest milliseconds of ``step(outputs).backward()`` over up to ``max_reps`` runs (or the time budget),
-    after a warm-up. On a single-threaded CPU it counts this thread's CPU time (``time.thread_time``), which
-    other processes on a shared machine do not inflate; otherwise wall time, synchronised on CUDA."""
+def time_steps(steps: list[Step], outputs: torch.Tensor, *, budget_s: float, max_reps: int) -> list[float]:
+    """Fastest milliseconds of ``step(outputs).backward()`` for each step, run in turns (one warm-up round, then
+    up to ``max_reps`` rounds or the time budget) so that every step sees the same machine load. On a
+    single-threaded CPU the clock is this thread's CPU time (``time.thread_time``), which other processes do not
+    inflate; otherwise wall time, synchronised on CUDA."""
     leaf = outputs.detach().requires_grad_(True)
     cuda = leaf.is_cuda
     clock = time.thread_time if not cuda and torch.get_num_threads() == 1 else time.perf_counter
 
-    def run() -> float:
+    def run(step: Step) -> float:
         leaf.grad = None
         if cuda:
             torch.cuda.synchronize()
@@ -54,13 +55,26 @@ def time_step(step: Step, outputs: torch.Tensor, *, budget_s: float, max_reps: i
             torch.cuda.synchronize()
         return (clock() - start) * 1e3
 
-    run()
-    times = [run()]
-    spent = times[0]
-    while len(times) < max_reps and spent < budget_s * 1e3:
-        times.append(run())
-        spent += times[-1]
-    return min(times)
+    for step in steps:
+        run(step)
+    times: list[list[float]] = [[] for _ in steps]
+    spent = 0.0
+    while not times[0] or (len(times[0]) < max_reps and spent < budget_s * 1e3):
+        for step, record in zip(steps, times, strict=True):
+            record.append(run(step))
+            spent += record[-1]
+    return [min(record) for record in times]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def statistics_for(task: str, num_classes: int) -> DatasetStatistics:
@@ -146,10 +160,16 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=1000, help="width for the multi-label losses")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: CPU-time clock, robust to load)")
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds of repetitions per measurement")
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--budget", type=float, default=1.5, help="seconds of repetitions per table row")
+    parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--only", nargs="*", default=None, help="config names to run")
+    parser.add_argument("--no-validate", action="store_true", help="switch off the target value checks")
     args = parser.parse_args()
+    TailLoss.validate = not args.no_validate
+    # glibc serves large blocks with mmap (page faults on every fresh tensor) until the first such block is freed
+    # and raises its threshold; without this, whichever loss runs first pays the page faults.
+    warm = torch.ones(30 * 2**20, dtype=torch.uint8)
+    del warm
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -160,10 +180,11 @@ def main() -> None:
         names = [name for name in names if name in args.only]
 
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"Command: `python benchmarks/losses.py {' '.join(sys.argv[1:])}`".replace(" `", "`", 0).rstrip())
+               else f"{cpu_model()}, {os.cpu_count()} cores")
+    print(f"Command: `{' '.join(['python benchmarks/losses.py', *sys.argv[1:]])}`")
     print(f"Machine: {machine}; torch {torch.__version__}, {torch.get_num_threads()} threads; B={args.batch}; "
-          f"fastest ms of forward+backward ({'CPU time' if args.device == 'cpu' and args.threads == 1 else 'wall'})\n")
+          f"fastest ms of forward+backward ({'CPU time' if args.device == 'cpu' and args.threads == 1 else 'wall'}); "
+          f"target value checks {'off' if args.no_validate else 'on'}\n")
     print("| loss | width | ms | plain CE ms | x CE | peer | peer ms | x peer |")
     print("|---|---:|---:|---:|---:|---|---:|---:|")
     baselines: dict[int, float] = {}
@@ -184,23 +205,31 @@ def main() -> None:
             target = make_target(task, args.batch, num_classes, device)
             labels = target if task in ("multiclass", "ordinal") else torch.randint(0, num_classes, (args.batch,),
                                                                                     device=device)
-            if width not in baselines:
-                ce_labels = torch.randint(0, width, (args.batch,), device=device)
-                baselines[width] = time_step(lambda z, y=ce_labels: F.cross_entropy(z, y), outputs,
-                                             budget_s=2 * args.budget, max_reps=3 * args.reps)
+            ce_labels = torch.randint(0, width, (args.batch,), device=device)
             group = torch.arange(args.batch, device=device) // 8
 
             def ours(z, loss=loss, target=target, group=group):
                 return loss(z, target, group) if loss.needs_group_id else loss(z, target)
 
-            ours_ms = time_step(ours, outputs, budget_s=args.budget, max_reps=args.reps)
+            steps = [ours, lambda z, y=ce_labels: F.cross_entropy(z, y)]
             peer = peer_steps(name, num_classes, labels, target, device)
+            if peer is not None:
+                steps.append(peer[1])
+            ours_ms, base, *peer_ms = time_steps(steps, outputs, budget_s=args.budget, max_reps=args.reps)
+            baselines[width] = base
             peer_cells = "| – | – | – |"
             if peer is not None:
-                peer_ms = time_step(peer[1], outputs, budget_s=args.budget, max_reps=args.reps)
-                peer_cells = f"| {peer[0]} | {peer_ms:.1f} | {ours_ms / peer_ms:.2f} |"
-            base = baselines[width]
+                peer_cells = f"| {peer[0]} | {peer_ms[0]:.1f} | {ours_ms / peer_ms[0]:.2f} |"
             print(f"| {name} | {width} | {ours_ms:.1f} | {base:.1f} | {ours_ms / base:.2f} {peer_cells}", flush=True)
+    if args.labels in baselines:
+        logits = torch.randn(args.batch, args.labels, device=device)
+        targets = (torch.rand(args.batch, args.labels, device=device) < 0.01).float()
+        labels = torch.randint(0, args.labels, (args.batch,), device=device)
+        bce_ms, ce_ms = time_steps([lambda z: F.binary_cross_entropy_with_logits(z, targets),
+                                    lambda z: F.cross_entropy(z, labels)], logits,
+                                   budget_s=args.budget, max_reps=args.reps)
+        print(f"\nFor scale: plain F.binary_cross_entropy_with_logits at L={args.labels} takes {bce_ms:.1f} ms "
+              f"({bce_ms / ce_ms:.2f} x CE).")
 
 
 if __name__ == "__main__":

@@ -195,3 +195,16 @@ def test_a_fresh_loss_sizes_itself_from_the_outputs_once():
     assert loss.num_classes == 9
     with pytest.raises(ValueError, match=r"SORDLoss: bound to 9 classes"):
         call(loss, torch.randn(4, 10), torch.tensor([0, 8, 3, 1]))
+
+
+@pytest.mark.parametrize("name", ["ce", "rps", "cdw_ce", "clm", "soft_kl", "bce"])
+def test_compiles_without_graph_breaks(name):
+    """Under torch.compile the value checks (host syncs) are skipped, so one graph covers the loss."""
+    loss, task = bound(name)
+    outputs = torch.randn(8, loss.num_outputs(7), requires_grad=True)
+    target = targets_for(task, 8, 7)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    value = compiled(outputs, target)
+    value.backward()
+    torch.testing.assert_close(value, loss(outputs, target))
+    assert torch.isfinite(outputs.grad).all()

@@ -13,17 +13,12 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 
-def _rows(tensor: Tensor) -> Tensor:
-    return torch.arange(tensor.shape[0], device=tensor.device)
-
-
 class _CDFSquaredError(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, probabilities: Tensor, labels: Tensor) -> Tensor:
         with torch.autocast(probabilities.device.type, enabled=False):
-            rows = _rows(probabilities)
             # cumsum(p - e_y) = F - H: the observed CDF is a step at y
-            moved = probabilities.index_put((rows, labels), probabilities[rows, labels] - 1.0)
+            moved = probabilities.scatter_add(1, labels[:, None], probabilities.new_full((labels.shape[0], 1), -1.0))
             difference = moved.cumsum(-1)
             ctx.save_for_backward(difference)
             return torch.linalg.vecdot(difference, difference)
@@ -49,7 +44,6 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, logits: Tensor, weight: Tensor, weight_sum: Tensor) -> Tensor:
         with torch.autocast(logits.device.type, enabled=False):
-            rows = _rows(logits)
             first, top = logits.max(-1)  # max + a masked amax is faster on CPU than topk(2)
             top_index = top[:, None]
             second = logits.scatter(1, top_index, -math.inf).amax(-1)
@@ -64,7 +58,7 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
             total = 1.0 + others * scale
             # log(1 - p_c) = log(S - e_c) - log S, and for the top class log s = gap + log s' exactly
             log_rest = (total[:, None] - exp).log_()
-            log_rest.index_put_((rows, top), gap + others.log())
+            log_rest.scatter_(1, top_index, (gap + others.log())[:, None])
             loss = weight_sum * torch.log1p(others * scale) - torch.linalg.vecdot(weight, log_rest)
             ctx.save_for_backward(runner_up, exp, weight, total, others, scale, top)
             return loss
@@ -73,20 +67,20 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
         runner_up, exp, weight, total, others, scale, top = ctx.saved_tensors
-        rows = _rows(exp)
+        top_index = top[:, None]
         # dL/dz_k = W_k q_k - p_k sum_c W_c q_c with the odds q_c = p_c / (1 - p_c) = e_c / (S - e_c).
         # The top class's odds 1/s may overflow, so its share is written without them:
         #   k != top: p_k W_top q_top = W_top e_k / (S s) = W_top e'_k / (S s')   (runner-up frame, finite)
         #   k == top: W_top q_top - p_top (R + W_top q_top) = p_top (W_top - R),  R = sum_{c != top} W_c q_c
         # and for k != top, p_k R = e'_k scale R / S, so both shares are one multiple of e'_k.
         odds = exp / (total[:, None] - exp)  # the top entry (1/s, maybe inf) is replaced below
-        odds.mul_(weight).scatter_(1, top[:, None], 0.0)
+        odds.mul_(weight).scatter_(1, top_index, 0.0)
         others_weighted = odds.sum(-1)
-        weight_top = weight[rows, top]
+        weight_top = weight.gather(1, top_index).squeeze(1)
         p_top = 1.0 / total
         coefficient = -p_top * (scale * others_weighted + weight_top / others)
         result = odds.addcmul_(runner_up, coefficient[:, None])
-        result.index_put_((rows, top), p_top * (weight_top - others_weighted))
+        result.scatter_(1, top_index, (p_top * (weight_top - others_weighted))[:, None])
         return result.mul_(grad[:, None]), None, None
 
 

@@ -101,7 +101,7 @@ class SoftKLDivLoss(SoftCrossEntropyLoss):
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         logits, soft = self.prepare(outputs, target)
-        pointwise = torch.xlogy(soft, soft) - soft * logits.log_softmax(-1)
+        pointwise = F.kl_div(logits.log_softmax(-1), soft, reduction="none")  # q (log q - log p), 0 log 0 = 0
         weight = self.weight_on(logits)
         if weight is not None:
             pointwise = pointwise * weight
