@@ -61,7 +61,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_two_job_multirun_writes_two_job_directories(counting_root: Path, tmp_path: Path) -> None:
-    result = _cli(["-m", "loss=ce", "loss.label_smoothing=0.0,0.1", "debug=fast_dev_run",
+    result = _cli(["-m", "loss=ce,rps", "debug=fast_dev_run",
                    f"paths.data_dir={counting_root.parent}", f"paths.log_dir={tmp_path}",
                    "data.image_size=24", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"],
                   tmp_path)

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from tailsweep.losses.multiclass import CrossEntropy
+from tailsweep.losses.multiclass import CrossEntropyLoss
 
 
 class SignalAtStep(Callback):
@@ -25,11 +25,11 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), self.signal)
 
 
-class NaNAfterStep(CrossEntropy):
+class NaNAfterStep(CrossEntropyLoss):
     """Cross-entropy that returns NaN from call number ``step`` on."""
 
-    def __init__(self, step: int = 2) -> None:
-        super().__init__()
+    def __init__(self, step: int = 2, **kwargs: object) -> None:
+        super().__init__(**kwargs)
         self.step = step
         self.calls = 0
 

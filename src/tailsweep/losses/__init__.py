@@ -1,6 +1,76 @@
-"""Swappable losses; each owns its output parametrization (see ``base.TailLoss``)."""
+"""Swappable losses for multi-class, ordinal, soft-label and multi-label targets (one YAML each in configs/loss/).
 
-from tailsweep.losses.base import TailLoss
-from tailsweep.losses.multiclass import CrossEntropy
+Every loss is a ``TailLoss``: it sizes and builds its head, turns outputs into probabilities and receives the
+training-split statistics through ``bind``. See ``base.py`` for the contract.
+"""
 
-__all__ = ["CrossEntropy", "TailLoss"]
+from tailsweep.losses.base import REDUCTIONS, ClassTargetLoss, TailLoss, check_class_target
+from tailsweep.losses.combined import WeightedSumLoss
+from tailsweep.losses.group import GroupSumL1Loss
+from tailsweep.losses.heads import CoralHead, CosineHead, CumulativeLinkHead
+from tailsweep.losses.multiclass import (
+    BalancedSoftmaxLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+)
+from tailsweep.losses.multilabel import (
+    AsymmetricLoss,
+    BinaryCrossEntropyLoss,
+    ClassBalancedBCELoss,
+    SigmoidFocalLoss,
+)
+from tailsweep.losses.ordinal import (
+    CDWCELoss,
+    CORALLoss,
+    CORNLoss,
+    CumulativeLinkLoss,
+    ExpectedValueL1Loss,
+    ExpectedValueL2Loss,
+    RankedProbabilityScoreLoss,
+    SORDLoss,
+    SquaredEMDLoss,
+    UnimodalLoss,
+    sord_targets,
+    unimodal_targets,
+)
+from tailsweep.losses.soft import SoftCrossEntropyLoss, SoftKLDivLoss
+from tailsweep.losses.weights import WEIGHT_SCHEMES, class_weights
+
+__all__ = [
+    "REDUCTIONS",
+    "WEIGHT_SCHEMES",
+    "AsymmetricLoss",
+    "BalancedSoftmaxLoss",
+    "BinaryCrossEntropyLoss",
+    "CDWCELoss",
+    "CORALLoss",
+    "CORNLoss",
+    "ClassBalancedBCELoss",
+    "ClassTargetLoss",
+    "CoralHead",
+    "CosineHead",
+    "CrossEntropyLoss",
+    "CumulativeLinkHead",
+    "CumulativeLinkLoss",
+    "ExpectedValueL1Loss",
+    "ExpectedValueL2Loss",
+    "FocalLoss",
+    "GroupSumL1Loss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
+    "RankedProbabilityScoreLoss",
+    "SORDLoss",
+    "SigmoidFocalLoss",
+    "SoftCrossEntropyLoss",
+    "SoftKLDivLoss",
+    "SquaredEMDLoss",
+    "TailLoss",
+    "UnimodalLoss",
+    "WeightedSumLoss",
+    "check_class_target",
+    "class_weights",
+    "sord_targets",
+    "unimodal_targets",
+]

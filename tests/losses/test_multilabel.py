@@ -1,0 +1,141 @@
+"""Multi-label losses (seeds 002, 003) against formulas, torchvision's focal and timm's ASL."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tailsweep.data.stats import DatasetStatistics
+from tailsweep.losses import (
+    AsymmetricLoss,
+    BinaryCrossEntropyLoss,
+    ClassBalancedBCELoss,
+    SigmoidFocalLoss,
+    class_weights,
+)
+
+L = 5
+# seed 003: positives per label [2000, 500, 1000, 250] (+ one more label) in 10000 samples
+POSITIVES = torch.tensor([2000, 500, 1000, 250, 10])
+TRAIN = (torch.arange(10000)[:, None] < POSITIVES[None, :]).float()
+STATS = DatasetStatistics.from_multilabel_targets(TRAIN)
+
+
+def batch(seed=0, batch_size=32, unknown=0.0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(batch_size, L, generator=generator)).double()
+    targets = (torch.rand(batch_size, L, generator=generator) < 0.3).double()
+    if unknown:
+        targets = targets.masked_fill(torch.rand(batch_size, L, generator=generator) < unknown, -1.0)
+    return logits, targets
+
+
+def test_bce_pos_weight_and_label_weight_formula():
+    logits, targets = batch()
+    loss = BinaryCrossEntropyLoss(pos_weight="neg_pos", max_pos_weight=50.0, label_weights="sqrt_inverse",
+                                  reduction="none")
+    loss.bind(STATS)
+    q = ((10000 - POSITIVES) / POSITIVES).double().clamp(1 / 50, 50)
+    w = class_weights("sqrt_inverse", POSITIVES)
+    s = torch.sigmoid(logits)
+    pointwise = -w * (q * targets * s.log() + (1 - targets) * (1 - s).log())
+    torch.testing.assert_close(loss(logits, targets), pointwise.sum(1) / L, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(loss.prior_shift(), q.float().log())
+    assert q[4] == 50.0  # the cap
+
+
+def test_plain_bce_equals_torch_mean_and_masks_unknowns():
+    logits, targets = batch(seed=1)
+    torch.testing.assert_close(BinaryCrossEntropyLoss()(logits, targets),
+                               F.binary_cross_entropy_with_logits(logits, targets))
+    logits, targets = batch(seed=2, unknown=0.3)
+    known = targets >= 0
+    pointwise = F.binary_cross_entropy_with_logits(logits, targets.clamp_min(0), reduction="none")
+    torch.testing.assert_close(BinaryCrossEntropyLoss(reduction="none")(logits, targets),
+                               (pointwise * known).sum(1) / L)
+    # an unknown entry's logit gets no gradient
+    logits.requires_grad_(True)
+    BinaryCrossEntropyLoss()(logits, targets).backward()
+    assert (logits.grad[~known] == 0).all() and (logits.grad[known] != 0).all()
+
+
+def test_pos_weight_shifts_the_optimal_logit_by_log_q():
+    """Seed 003: pos_weight q moves the optimum from logit(pi) to logit(pi) + log q (odds times q)."""
+    loss = BinaryCrossEntropyLoss(pos_weight="neg_pos")
+    loss.bind(STATS)
+    z = torch.zeros(1, L, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([z], max_iter=100, line_search_fn="strong_wolfe")
+    sample = TRAIN[::10].double()
+
+    def closure():
+        optimizer.zero_grad()
+        value = loss(z.expand(sample.shape[0], L), sample)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    prior = POSITIVES.double() / 10000
+    torch.testing.assert_close(z.detach()[0], torch.logit(prior) + loss.prior_shift().double(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (None, 1.0), (0.5, 0.0)])
+def test_sigmoid_focal_matches_torchvision_and_formula(alpha, gamma):
+    from torchvision.ops import sigmoid_focal_loss
+
+    logits, targets = batch(seed=3)
+    values = SigmoidFocalLoss(alpha=alpha, gamma=gamma, reduction="none")(logits, targets)
+    peer = sigmoid_focal_loss(logits, targets, alpha=-1 if alpha is None else alpha, gamma=gamma, reduction="none")
+    torch.testing.assert_close(values, peer.sum(1) / L)
+    p = torch.sigmoid(logits)
+    p_t = torch.where(targets == 1, p, 1 - p)
+    a_t = 1.0 if alpha is None else torch.where(targets == 1, alpha, 1 - alpha)
+    torch.testing.assert_close(values, (-a_t * (1 - p_t) ** gamma * p_t.log()).sum(1) / L)
+
+
+@pytest.mark.parametrize(("gamma_neg", "gamma_pos", "clip"), [(4.0, 1.0, 0.05), (2.0, 0.0, 0.0), (0.0, 0.0, 0.1)])
+def test_asl_matches_timm_and_formula(gamma_neg, gamma_pos, clip):
+    from timm.loss import AsymmetricLossMultiLabel
+
+    logits, targets = batch(seed=4)
+    values = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="none")(logits, targets)
+    peer = AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="none")
+    torch.testing.assert_close(values.float(), peer(logits, targets).sum(1) / L, rtol=1e-5, atol=1e-6)
+    p = torch.sigmoid(logits)
+    p_m = (p - clip).clamp_min(0)
+    expected = -(targets * (1 - p) ** gamma_pos * p.log() + (1 - targets) * p_m**gamma_neg * (1 - p_m).log())
+    torch.testing.assert_close(values, expected.sum(1) / L)
+
+
+def test_asl_keeps_a_gradient_where_timm_clamps():
+    logits = torch.tensor([[-30.0]], requires_grad=True)
+    AsymmetricLoss(gamma_pos=0.0)(logits, torch.ones(1, 1)).backward()
+    assert logits.grad.item() == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_class_balanced_bce(gamma):
+    logits, targets = batch(seed=5)
+    loss = ClassBalancedBCELoss(beta=0.999, gamma=gamma, reduction="none")
+    loss.bind(STATS)
+    w = class_weights("effective_number", POSITIVES, beta=0.999)
+    p = torch.sigmoid(logits)
+    p_t = torch.where(targets == 1, p, 1 - p)
+    expected = -(w * (1 - p_t) ** gamma * p_t.log()).sum(1) / L
+    torch.testing.assert_close(loss(logits, targets), expected, rtol=1e-6, atol=1e-7)
+    missing = TRAIN[:100].clone()
+    missing[:, [1, 3]] = 0.0
+    with pytest.raises(ValueError, match=r"ClassBalancedBCELoss: .*class\(es\) \[1, 3\] have none"):
+        ClassBalancedBCELoss().bind(DatasetStatistics.from_multilabel_targets(missing))
+
+
+def test_multilabel_validation():
+    logits, targets = batch(seed=6)
+    loss = BinaryCrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"BinaryCrossEntropyLoss: expected target values in \[0, 1\] or -1.*\[2\.0\]"):
+        loss(logits, targets * 2)
+    with pytest.raises(ValueError, match=r"expected targets of shape \(32, 5\).*got \(32,\)"):
+        loss(logits, targets[:, 0])
+    with pytest.raises(ValueError, match="pos_weight must be one of"):
+        BinaryCrossEntropyLoss(pos_weight="balanced")
+    wrong = BinaryCrossEntropyLoss(pos_weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"expected 5 pos_weight values \(one per label\), got 2"):
+        wrong.bind(STATS)
