@@ -533,7 +533,7 @@ def _read_weights(table: _Table, column: str) -> Tensor:
 
 
 def _check_groups_within_splits(table: _Table, group_ids: Tensor, splits: np.ndarray, column: str | None) -> None:
-    codes = np.searchsorted(np.asarray(SPLITS), splits.astype(str))
+    _, codes = np.unique(splits.astype(str), return_inverse=True)
     groups = group_ids.numpy()
     order = np.lexsort((codes, groups))
     g, c = groups[order], codes[order]
