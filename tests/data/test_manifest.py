@@ -101,9 +101,9 @@ def test_class_names_file_and_num_classes_mismatch(write_manifest, tmp_path: Pat
     assert read_manifest(path, task="ordinal", class_names="classes.txt").class_names == ("low", "mid", "high")
     with pytest.raises(ManifestError, match=r"data.num_classes=4 but the manifest defines 3"):
         read_manifest(path, task="ordinal", class_names="classes.txt", num_classes=4)
-    with pytest.raises(ManifestError, match="integer labels need data.num_classes"):
+    with pytest.raises(ManifestError, match=r"integer labels need data\.num_classes"):
         read_manifest(path)
-    with pytest.raises(ManifestError, match="class names file .*nope.txt does not exist"):
+    with pytest.raises(ManifestError, match=r"class names file .*nope\.txt does not exist"):
         read_manifest(path, class_names="nope.txt")
     with pytest.raises(ManifestError, match=r"duplicates \['a'\]"):
         read_manifest(path, class_names=["a", "b", "a"])
@@ -135,7 +135,7 @@ def test_bad_soft_rows(write_manifest, row: tuple, message: str) -> None:
 
 
 def test_soft_needs_label_columns(write_manifest) -> None:
-    with pytest.raises(ManifestError, match="soft targets need data.label_columns"):
+    with pytest.raises(ManifestError, match=r"soft targets need data\.label_columns"):
         read_manifest(write_manifest(("path", "label"), [("img/0.png", 1)]), task="soft")
 
 
@@ -161,7 +161,7 @@ def test_label_name_lists(write_manifest) -> None:
     with pytest.raises(ManifestError, match=r"row 3: labels holds unknown label name 'hood'"):
         read_manifest(write_manifest(("path", "labels"), [("img/0.png", "zip"), ("img/1.png", "zip|hood")]),
                       task="multilabel", label_column="labels", class_names=["collar", "sleeve", "zip"])
-    with pytest.raises(ManifestError, match="needs data.class_names"):
+    with pytest.raises(ManifestError, match=r"needs data\.class_names"):
         read_manifest(path, task="multilabel", label_column="labels")
 
 
