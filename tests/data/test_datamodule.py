@@ -96,6 +96,16 @@ def test_cache_and_file_reads_agree_and_timm_transform(counting_root: Path) -> N
     assert next(iter(timm.val_dataloader()))["image"].shape == (20, 3, 20, 20)
 
 
+def test_device_transforms_match_loader_transforms(counting_root: Path) -> None:
+    kwargs = {"manifest": str(counting_root / "manifest.csv"), "task": "ordinal", "num_classes": 30,
+              "image_size": 16, "eval_batch_size": 20}
+    on_device, in_loader = TailDataModule(device_transforms=True, **kwargs), TailDataModule(**kwargs)
+    batch = next(iter(on_device.val_dataloader()))
+    assert batch["image"].dtype == torch.uint8
+    moved = on_device.on_after_batch_transfer(batch, 0)
+    torch.testing.assert_close(moved["image"], next(iter(in_loader.val_dataloader()))["image"])
+
+
 def test_weighted_loader_balances_classes(counting_root: Path) -> None:
     datamodule = TailDataModule(str(counting_root / "manifest.csv"), task="ordinal", num_classes=30,
                                 image_size=16, batch_size=100,
@@ -112,7 +122,7 @@ def test_single_process_training_reshuffles_each_epoch(counting_root: Path) -> N
     """Lightning calls set_epoch on our sampler although it does not wrap it: epochs differ, and match the
     sampler's sequence of that epoch (so a resumed run draws the same)."""
     datamodule = TailDataModule(str(counting_root / "manifest.csv"), task="ordinal", num_classes=30, image_size=16,
-                                batch_size=32)
+                                batch_size=32, device_transforms=True)
     seen: dict[str, list] = {"train": [], "val": []}
 
     class Recorder(L.LightningModule):
@@ -121,6 +131,7 @@ def test_single_process_training_reshuffles_each_epoch(counting_root: Path) -> N
             self.layer = nn.Linear(3, 30)
 
         def training_step(self, batch, batch_idx):
+            assert batch["image"].dtype == torch.float32  # normalised after the transfer
             seen["train"].append((self.current_epoch, batch["index"]))
             return self.layer(batch["image"].mean((2, 3))).logsumexp(1).mean()
 

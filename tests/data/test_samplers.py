@@ -214,3 +214,15 @@ def test_fifty_million_weights_draw_an_epoch_in_seconds() -> None:
     expected = np.bincount(labels, weights=class_weight[labels], minlength=30)
     np.testing.assert_allclose(share, expected / expected.sum(), atol=2e-3)
     assert elapsed < 120, f"50M weights: setup + one epoch took {elapsed:.1f} s"
+
+
+def test_rejection_within_a_shared_bin() -> None:
+    """1.0 and 1.05 share a bin (same exponent and top mantissa bits): the second is accepted every time, the first
+    with probability 1/1.05, so the draws still follow the weights exactly."""
+    weights = np.tile([1.0, 1.05, 1.0, 3.0], 50)
+    sampler = ShardedRandomSampler(200, weights, num_samples=300_000, seed=2)
+    assert not sampler._table.exact
+    observed = np.bincount(sampler.indices(), minlength=200)
+    statistic, dof = chi2(observed, weights / weights.sum())
+    assert statistic < chi2_bound(dof)
+    assert ShardedRandomSampler(200, np.tile([1.0, 3.0], 100))._table.exact

@@ -53,7 +53,9 @@ class TailDataModule(L.LightningDataModule):
     ``{mean, std}``), ``transform`` (``tensor``: flips + normalisation per batch; ``timm``: timm's
     ``create_transform`` with ``timm_kwargs``), ``hflip``/``vflip``, or ``train_transform``/``eval_transform``
     callables (e.g. a torchvision v2 ``Compose`` from Hydra) that replace them; ``cache_images`` decodes every
-    image once at setup (skipped above ``cache_max_gb``).
+    image once at setup (skipped above ``cache_max_gb``). ``device_transforms`` moves the batched flips and
+    normalisation after the transfer to the accelerator (``on_after_batch_transfer``): loaders then yield
+    ``uint8`` images, 4x less to copy, and the CPU only indexes the cache (for GPU runs without workers).
 
     Loading: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``drop_last`` (training).
 
@@ -91,6 +93,7 @@ class TailDataModule(L.LightningDataModule):
         vflip: bool = False,
         cache_images: bool = True,
         cache_max_gb: float = 4.0,
+        device_transforms: bool = False,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -126,6 +129,10 @@ class TailDataModule(L.LightningDataModule):
         self._datasets: dict[str, ManifestImageDataset] = {}
         self._statistics: DatasetStatistics | None = None
         self._train_weights: torch.Tensor | None = None
+        self._batch_transforms = {
+            train: BatchTransform(self.mean, self.std, hflip=train and hflip, vflip=train and vflip)
+            for train in (True, False)
+        }
 
     # ----------------------------------------------------------------------------------------------- setup
     @property
@@ -218,13 +225,19 @@ class TailDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, sampler: torch.utils.data.Sampler, batch_size: int, drop_last: bool) -> DataLoader:
         hp = self.hparams
-        train = split == "train"
-        batch_transform = BatchTransform(self.mean, self.std, hflip=train and hp.hflip, vflip=train and hp.vflip)
+        batch_transform = None if hp.device_transforms else self._batch_transforms[split == "train"]
         return DataLoader(
             self.dataset(split), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
             collate_fn=BatchCollate(batch_transform), num_workers=hp.num_workers, pin_memory=hp.pin_memory,
             persistent_workers=hp.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``device_transforms``: flips (training) and normalisation on the device, once per batch."""
+        if self.hparams.device_transforms and isinstance(batch, dict) and "image" in batch:
+            training = self.trainer is not None and self.trainer.training
+            batch["image"] = self._batch_transforms[training](batch["image"])
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

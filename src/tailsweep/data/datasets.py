@@ -117,13 +117,15 @@ class ManifestImageDataset(Dataset):
 
 class BatchCollate:
     """``collate_fn`` for ``ManifestImageDataset``: stacks samples when needed, then applies ``BatchTransform``
-    to the images (``uint8`` images become normalised ``float32``; float images are kept)."""
+    to the images (``uint8`` images become normalised ``float32``; float images are kept). Without a transform
+    the images stay ``uint8`` (for a transform on the device after the transfer)."""
 
-    def __init__(self, transform: BatchTransform) -> None:
+    def __init__(self, transform: BatchTransform | None) -> None:
         self.transform = transform
 
     def __call__(self, batch: dict[str, Tensor] | list[dict[str, Tensor]]) -> dict[str, Tensor]:
         if not isinstance(batch, dict):
             batch = default_collate(batch)
-        batch["image"] = self.transform(batch["image"])
+        if self.transform is not None:
+            batch["image"] = self.transform(batch["image"])
         return batch

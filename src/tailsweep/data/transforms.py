@@ -57,8 +57,9 @@ def resolve_normalization(spec: str | Mapping[str, Sequence[float]] | None) -> t
 class BatchTransform:
     """``uint8 [B, 3, H, W]`` -> ``float32`` normalised, with independent random flips per image when training.
 
-    ``x = (u / 255 - mean) / std``, computed as one multiply-subtract; flips draw from torch's global generator
-    (seeded per worker by the DataLoader), one Bernoulli(1/2) per image and axis.
+    ``x = (u / 255 - mean) / std``, computed as one multiply-subtract; flips draw from torch's generator of the
+    images' device (seeded per worker by the DataLoader), one Bernoulli(1/2) per image and axis. Works on any
+    device: the constants follow the images (copied once per device).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, hflip: bool = False,
@@ -68,15 +69,22 @@ class BatchTransform:
         self.shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
         self.hflip = hflip
         self.vflip = vflip
+        self._constants: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def __call__(self, images: Tensor) -> Tensor:
         if images.dtype != torch.uint8:
             return images
         for enabled, dim in ((self.hflip, -1), (self.vflip, -2)):
             if enabled:
-                flip = torch.rand(images.shape[0]) < 0.5
+                flip = torch.rand(images.shape[0], device=images.device) < 0.5
                 images = torch.where(flip.view(-1, 1, 1, 1), images.flip(dim), images)
-        return images.to(torch.float32).mul_(self.scale).sub_(self.shift)
+        scale, shift = self._on(images.device)
+        return images.to(torch.float32).mul_(scale).sub_(shift)
+
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._constants:
+            self._constants[device] = (self.scale.to(device), self.shift.to(device))
+        return self._constants[device]
 
 
 def pil_to_uint8(image: Image.Image, image_size: int | None = None) -> Tensor:
