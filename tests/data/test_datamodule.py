@@ -15,7 +15,7 @@ from torch import nn
 
 from tailsweep.data.datamodule import TailDataModule
 from tailsweep.data.manifest import ManifestError
-from tailsweep.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tailsweep.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from tailsweep.utils.paths import config_dir
 
 from .conftest import SMALL_MULTILABEL
@@ -94,6 +94,10 @@ def test_cache_and_file_reads_agree_and_timm_transform(counting_root: Path) -> N
     timm = TailDataModule(transform="timm", normalization="resnet18", **kwargs)
     timm.setup("validate")
     assert next(iter(timm.val_dataloader()))["image"].shape == (20, 3, 20, 20)
+    # a torchvision v2 pipeline (as Hydra would build it) replaces the default per sample
+    custom = TailDataModule(eval_transform=build_transform(20, train=False), **kwargs)
+    custom.setup("validate")
+    torch.testing.assert_close(next(iter(custom.val_dataloader()))["image"], batches[0]["image"], atol=1e-5, rtol=0)
 
 
 def test_device_transforms_match_loader_transforms(counting_root: Path) -> None:
