@@ -6,6 +6,7 @@ this object, so configs only ever name a *scheme* and never carry hard-coded num
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,28 +61,39 @@ class DatasetStatistics:
 
     @classmethod
     def from_labels(
-        cls, labels: Tensor, num_classes: int, *, task: str = "multiclass", group_ids: Tensor | None = None
+        cls, labels: Tensor, num_classes: int, *, task: str = "multiclass", group_ids: Tensor | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> DatasetStatistics:
         """Statistics of integer labels ``[N]`` in ``0..C-1``."""
         counts = torch.bincount(labels.long(), minlength=num_classes).to(torch.float64)
-        return cls(task, num_classes, int(labels.numel()), counts, counts.clone(), None, _group_sizes(group_ids))
+        return cls(task, num_classes, int(labels.numel()), counts, counts.clone(), None, _group_sizes(group_ids),
+                   _names(class_names))
 
     @classmethod
-    def from_soft_targets(cls, targets: Tensor, *, group_ids: Tensor | None = None) -> DatasetStatistics:
+    def from_soft_targets(
+        cls, targets: Tensor, *, group_ids: Tensor | None = None, class_names: Sequence[str] | None = None
+    ) -> DatasetStatistics:
         """Statistics of probability-vector targets ``[N, C]`` (seed 001: mass and non-zero counts differ)."""
         targets = targets.to(torch.float64)
         counts = (targets > 0).sum(0).to(torch.float64)
-        return cls("soft", targets.shape[1], targets.shape[0], counts, targets.sum(0), None, _group_sizes(group_ids))
+        return cls("soft", targets.shape[1], targets.shape[0], counts, targets.sum(0), None, _group_sizes(group_ids),
+                   _names(class_names))
 
     @classmethod
-    def from_multilabel_targets(cls, targets: Tensor, *, group_ids: Tensor | None = None) -> DatasetStatistics:
+    def from_multilabel_targets(
+        cls, targets: Tensor, *, group_ids: Tensor | None = None, class_names: Sequence[str] | None = None
+    ) -> DatasetStatistics:
         """Statistics of multi-hot targets ``[N, L]`` with ``1`` positive, ``0`` negative, ``-1`` unknown."""
         positives = (targets == 1).sum(0).to(torch.float64)
         negatives = (targets == 0).sum(0).to(torch.float64)
         return cls(
             "multilabel", targets.shape[1], targets.shape[0], positives, positives.clone(), negatives,
-            _group_sizes(group_ids),
+            _group_sizes(group_ids), _names(class_names),
         )
+
+
+def _names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if class_names is None else tuple(str(n) for n in class_names)
 
 
 def _group_sizes(group_ids: Tensor | None) -> Tensor | None:

@@ -11,10 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from tailsweep.data.generators.counting import CountingConfig, generate_counting
+from tailsweep.data.generators.multilabel import (
+    Multilabel4Config,
+    MultilabelConfig,
+    generate_multilabel,
+    generate_multilabel4,
+)
+from tailsweep.data.generators.soft import SoftConfig, generate_soft
 
 #: dataset name -> (config class, generator, default directory under data/)
 GENERATORS: dict[str, tuple[type, Callable[..., Path], str]] = {
     "counting": (CountingConfig, generate_counting, "data/counting"),
+    "multilabel": (MultilabelConfig, generate_multilabel, "data/multilabel"),
+    "multilabel4": (Multilabel4Config, generate_multilabel4, "data/multilabel4"),
+    "soft": (SoftConfig, generate_soft, "data/soft"),
 }
 
 
@@ -27,6 +37,8 @@ def _add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> No
             parser.add_argument(flag, type=float, default=None)
         elif field.type in ("str", str):
             parser.add_argument(flag, type=str, default=None)
+        elif str(field.type).startswith("tuple[int"):
+            parser.add_argument(flag, type=int, nargs="+", default=None)
         else:
             parser.add_argument(flag, type=float, nargs="+", default=None)
 
@@ -46,8 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     values: dict[str, Any] = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if getattr(args, f.name) is not None
     }
-    if "split_fractions" in values:
-        values["split_fractions"] = tuple(values["split_fractions"])
+    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     config = config_cls(**values)
     manifest = Path(args.root) / "manifest.csv"
     if args.if_missing and manifest.exists():
