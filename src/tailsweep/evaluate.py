@@ -14,6 +14,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tailsweep.models.build import build_model
 from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.runtime import (
     METRICS_FILE,
@@ -56,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("test")
-    model = instantiate(cfg.model, loss=instantiate(cfg.loss), statistics=datamodule.statistics)
+    model = build_model(cfg, datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False)
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(model, datamodule=datamodule, ckpt_path=str(checkpoint), weights_only=False)

@@ -11,6 +11,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tailsweep.models.build import build_model
 from tailsweep.utils.checkpointing import resolve_checkpoint
 from tailsweep.utils.distributed import (
     distributed_job_scope,
@@ -53,8 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint = resolve_checkpoint(cfg.get("ckpt_path"), f"{cfg.paths.log_dir}/{cfg.task_name}/runs")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
-    loss = instantiate(cfg.loss)
-    model: L.LightningModule = instantiate(cfg.model, loss=loss, statistics=datamodule.statistics)
+    model = build_model(cfg, datamodule)
     check_monitor(cfg.get("monitor"), model)
 
     callbacks = instantiate_list(cfg.get("callbacks"))

@@ -86,4 +86,4 @@ def test_class_weighted_ce_reports_raw_and_corrected_metrics() -> None:
     module = TailClassifier("tiny_cnn", loss, statistics, partial(torch.optim.SGD, lr=0.1),
                             backbone_kwargs={"width": 4, "num_stages": 2})
     assert module.report_raw and module.val_raw_metrics is not None
-    assert all(key.startswith("val/raw/") for key in module.val_raw_metrics.keys())
+    assert all(key.startswith("val/raw/") for key in module.val_raw_metrics.keys())  # noqa: SIM118 (prefixed)

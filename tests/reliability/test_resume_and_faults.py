@@ -37,8 +37,6 @@ def _only_run(log_dir: Path) -> Path:
     return runs[0]
 
 
-@pytest.mark.xfail(strict=True, reason="the skeleton's RandomSampler and flips draw from the global RNG before "
-                   "EpochSeeder runs on resume; fixed by the epoch-seeded sampler of the data library")
 def test_resume_after_sigkill_matches_uninterrupted_run(counting_root: Path, tmp_path: Path) -> None:
     data_dir = counting_root.parent
     straight_logs, crashed_logs = tmp_path / "straight", tmp_path / "crashed"

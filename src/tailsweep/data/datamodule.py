@@ -219,9 +219,17 @@ class TailDataModule(L.LightningDataModule):
     def train_sampler(self) -> ShardedRandomSampler:
         """This rank's training sampler (weighted per ``sampler.scheme``, or a seeded shuffle)."""
         rank, world_size = self._rank_world()
-        return ShardedRandomSampler(len(self.split("train")), self._train_weights,
-                                    num_samples=self.sampler_config.num_samples, seed=self.seed, rank=rank,
-                                    world_size=world_size)
+        flips = self._batch_transforms[True]
+        sampler = ShardedRandomSampler(len(self.split("train")), self._train_weights,
+                                       num_samples=self.sampler_config.num_samples, seed=self.seed, rank=rank,
+                                       world_size=world_size,
+                                       on_epoch=lambda epoch: flips.reseed(self.seed * 1_000_003 + epoch))
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            # Lightning sets the epoch only after the loader's first iterator exists, which on resume already drew
+            # the first batch; start from the epoch Lightning is about to run (the value it would set).
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return sampler
 
     def _loader(self, split: str, sampler: torch.utils.data.Sampler, batch_size: int, drop_last: bool) -> DataLoader:
         hp = self.hparams
@@ -238,6 +246,11 @@ class TailDataModule(L.LightningDataModule):
             training = self.trainer is not None and self.trainer.training
             batch["image"] = self._batch_transforms[training](batch["image"])
         return batch
+
+    @property
+    def train_sample_weights(self) -> torch.Tensor | None:
+        """Per-row weights the training sampler draws with (None: a plain shuffle); the prior correction uses them."""
+        return self._train_weights
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

@@ -17,7 +17,7 @@ would have drawn. When nothing calls ``set_epoch`` (a plain loop), each new iter
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -249,6 +249,7 @@ class ShardedRandomSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         chunk_size: int = 1 << 20,
+        on_epoch: Callable[[int], None] | None = None,
     ) -> None:
         if num_items < 1:
             raise ValueError(f"ShardedRandomSampler: num_items must be >= 1, got {num_items}")
@@ -271,6 +272,8 @@ class ShardedRandomSampler(Sampler[int]):
         self.epoch = 0
         self._epoch_was_set = False
         self._iterated = False
+        #: called with the epoch when its sequence starts (re-seeds the augmentation generator)
+        self.on_epoch = on_epoch
 
     @property
     def weighted(self) -> bool:
@@ -288,6 +291,8 @@ class ShardedRandomSampler(Sampler[int]):
         if self._iterated and not self._epoch_was_set:
             self.epoch += 1
         self._iterated, self._epoch_was_set = True, False
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
         for chunk in self._shard_chunks(self.epoch):
             yield from chunk.tolist()
 

@@ -57,9 +57,10 @@ def resolve_normalization(spec: str | Mapping[str, Sequence[float]] | None) -> t
 class BatchTransform:
     """``uint8 [B, 3, H, W]`` -> ``float32`` normalised, with independent random flips per image when training.
 
-    ``x = (u / 255 - mean) / std``, computed as one multiply-subtract; flips draw from torch's generator of the
-    images' device (seeded per worker by the DataLoader), one Bernoulli(1/2) per image and axis. Works on any
-    device: the constants follow the images (copied once per device).
+    ``x = (u / 255 - mean) / std``, computed as one multiply-subtract; flips draw one Bernoulli(1/2) per image and
+    axis from the transform's own CPU generator, which the training sampler re-seeds from ``(seed, epoch)`` at the
+    start of every epoch, so a resumed run flips exactly as an uninterrupted one (with ``num_workers=0``; worker
+    processes hold copies of it). Works on any device: the constants follow the images (copied once per device).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, hflip: bool = False,
@@ -69,14 +70,19 @@ class BatchTransform:
         self.shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
         self.hflip = hflip
         self.vflip = vflip
+        self.generator = torch.Generator().manual_seed(0)
         self._constants: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def reseed(self, seed: int) -> None:
+        """Restart the flip sequence from ``seed``."""
+        self.generator.manual_seed(seed % 2**63)
 
     def __call__(self, images: Tensor) -> Tensor:
         if images.dtype != torch.uint8:
             return images
         for enabled, dim in ((self.hflip, -1), (self.vflip, -2)):
             if enabled:
-                flip = torch.rand(images.shape[0], device=images.device) < 0.5
+                flip = (torch.rand(images.shape[0], generator=self.generator) < 0.5).to(images.device)
                 images = torch.where(flip.view(-1, 1, 1, 1), images.flip(dim), images)
         scale, shift = self._on(images.device)
         return images.to(torch.float32).mul_(scale).sub_(shift)
