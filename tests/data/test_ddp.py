@@ -1,5 +1,5 @@
-"""Two gloo ranks: training shards are disjoint slices of one per-epoch sequence, epochs differ and reproduce;
-evaluation shards cover every sample exactly once, each with its group id."""
+"""Two gloo ranks: training shards are disjoint, block-dealt parts of one per-epoch sequence; epochs differ and
+reproduce; evaluation shards cover every sample exactly once, each with its group id."""
 
 from __future__ import annotations
 
@@ -56,13 +56,18 @@ def test_two_gloo_ranks_shard_training_and_evaluation(counting_root: Path) -> No
         single.setup("fit")
         reference = single.train_sampler()
         total = reference.num_samples
+        block = reference.block_size  # the per-device batch size
         for position, epoch in enumerate(EPOCHS):
             first, second = ranks[0][name][position], ranks[1][name][position]
-            joined = np.concatenate([first, second])
-            # the two shards are consecutive, disjoint slices of the one-process sequence of that epoch
-            np.testing.assert_array_equal(joined[:total], reference.indices(epoch))
-            if name == "shuffle":
-                assert sorted(joined[:total].tolist()) == list(range(total))  # a permutation: no sample twice
+            # blocks of one batch are dealt round-robin: global step k of the 2 ranks holds exactly the rows of
+            # batch k of one process with a batch twice as large
+            whole = len(first) // block * block  # the ragged last round is split evenly, checked below
+            joined = np.concatenate([np.concatenate([first[k:k + block], second[k:k + block]])
+                                     for k in range(0, whole, block)])
+            np.testing.assert_array_equal(joined, reference.indices(epoch)[:2 * whole])
+            if name == "shuffle":  # a permutation: no sample twice within the whole batches, none left out overall
+                assert len(set(joined.tolist())) == joined.size
+                assert set(np.concatenate([first, second]).tolist()) == set(range(total))
         assert not np.array_equal(ranks[0][name][0], ranks[0][name][1])  # epochs differ
         np.testing.assert_array_equal(ranks[0][name][0], ranks[0][name][2])  # and reproduce
     val = single.split("val")

@@ -97,14 +97,14 @@ def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_stops_with_step_labels_and_loss_name(compose_train) -> None:
-    cfg = compose_train(["loss._target_=tests.helpers.faults.NaNAfterStep", "+loss.step=2"])
+    cfg = compose_train(["loss=ce", "loss._target_=tests.helpers.faults.NaNAfterStep", "+loss.step=2"])
     message = r"NaNAfterStep returned a non-finite loss .* global step 2 .*labels: \["
     with pytest.raises(NonFiniteLossError, match=message):
         train(cfg)
 
 
 def test_nonfinite_loss_can_skip_batches(compose_train) -> None:
-    cfg = compose_train(["loss._target_=tests.helpers.faults.NaNAfterStep", "+loss.step=3",
+    cfg = compose_train(["loss=ce", "loss._target_=tests.helpers.faults.NaNAfterStep", "+loss.step=3",
                          "model.nonfinite_loss=skip", "callbacks.early_stopping=null"])
     metrics = train(cfg)
     assert metrics["train/skipped_batches"] > 0

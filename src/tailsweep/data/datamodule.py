@@ -222,7 +222,7 @@ class TailDataModule(L.LightningDataModule):
         flips = self._batch_transforms[True]
         sampler = ShardedRandomSampler(len(self.split("train")), self._train_weights,
                                        num_samples=self.sampler_config.num_samples, seed=self.seed, rank=rank,
-                                       world_size=world_size,
+                                       world_size=world_size, block_size=self.hparams.batch_size,
                                        on_epoch=lambda epoch: flips.reseed(self.seed * 1_000_003 + epoch))
         trainer = self.trainer
         if trainer is not None and trainer.training:

@@ -220,14 +220,18 @@ class ShardedRandomSampler(Sampler[int]):
     """Training sampler: a seeded shuffle or weighted draw per epoch, sharded across ranks.
 
     Each epoch defines one global sequence of ``world_size * len(self)`` indices, a function of
-    ``(seed, epoch)`` only; rank ``r`` yields its contiguous slice ``[r * len, (r + 1) * len)``.
+    ``(seed, epoch)`` only. The sequence is cut into blocks of ``block_size`` positions dealt round-robin to the
+    ranks: rank ``r`` yields blocks ``r, r + W, r + 2W, ...``. With ``block_size`` = the per-device batch size,
+    global step ``k`` of ``W`` ranks sees exactly the rows of batch ``k`` of one process with batch size ``W * B``,
+    so DDP and single-process training follow the same sample sequence; a last, incomplete round is split evenly
+    (contiguously) by rank. ``block_size=len(self)`` gives each rank a contiguous slice.
 
     * ``weights=None``: a permutation of the rows (``torch.randperm`` with a generator seeded by
       ``seed + epoch``, as ``DistributedSampler`` does), repeated when ``num_samples`` exceeds the data and
       wrapped around to fill the last shard.
     * weights ``[N]``: i.i.d. draws with replacement, ``P(i) = w_i / sum w``, by composition-rejection. The sequence
       is drawn in chunks of ``chunk_size`` positions, chunk ``k`` from a PCG64 generator seeded by
-      ``(seed, epoch, k)``, so a rank draws only the chunks of its own slice: O(N / world_size) per rank.
+      ``(seed, epoch, k)``, so a rank draws only the chunks that hold its blocks.
 
     Args:
         num_items: rows in the dataset.
@@ -235,6 +239,7 @@ class ShardedRandomSampler(Sampler[int]):
         num_samples: length of the global sequence; ``None``: ``num_items``.
         seed: base seed, the same on every rank.
         rank, world_size: this process's shard.
+        block_size: consecutive positions of the global sequence a rank takes at a time (see above).
         chunk_size: positions drawn per generator, at most; the sequence depends on it, on ``num_samples``
             (through the chunk size of small epochs), the seed and the epoch, never on ``world_size``.
     """
@@ -250,6 +255,7 @@ class ShardedRandomSampler(Sampler[int]):
         world_size: int = 1,
         chunk_size: int = 1 << 20,
         on_epoch: Callable[[int], None] | None = None,
+        block_size: int | None = None,
     ) -> None:
         if num_items < 1:
             raise ValueError(f"ShardedRandomSampler: num_items must be >= 1, got {num_items}")
@@ -268,6 +274,7 @@ class ShardedRandomSampler(Sampler[int]):
         # a small epoch draws one chunk of its own (power-of-two) size, not a million positions
         self.chunk_size = min(chunk_size, 1 << (self.num_samples - 1).bit_length())
         self.shard_size = math.ceil(self.num_samples / world_size)
+        self.block_size = min(max(int(block_size or self.shard_size), 1), self.shard_size)
         self._table = _CompositionTable(weights) if weights is not None else None
         self.epoch = 0
         self._epoch_was_set = False
@@ -301,9 +308,25 @@ class ShardedRandomSampler(Sampler[int]):
         chunks = list(self._shard_chunks(self.epoch if epoch is None else epoch))
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
+    def _positions(self) -> np.ndarray:
+        """Positions of this rank's blocks in the global sequence; the ragged tail is split evenly by rank."""
+        whole = self.shard_size // self.block_size * self.block_size
+        blocks, within = np.divmod(np.arange(whole, dtype=np.int64), self.block_size)
+        dealt = (blocks * self.world_size + self.rank) * self.block_size + within
+        rest = self.shard_size - whole
+        tail = whole * self.world_size + self.rank * rest + np.arange(rest, dtype=np.int64)
+        return np.concatenate([dealt, tail])
+
     def _shard_chunks(self, epoch: int) -> Iterator[np.ndarray]:
+        if self.world_size > 1 and self.block_size < self.shard_size:
+            positions = self._positions()
+            sequence = np.concatenate(list(self._slice_chunks(epoch, 0, int(positions[-1]) + 1)))
+            yield sequence[positions]
+            return
         begin = self.rank * self.shard_size
-        end = begin + self.shard_size
+        yield from self._slice_chunks(epoch, begin, begin + self.shard_size)
+
+    def _slice_chunks(self, epoch: int, begin: int, end: int) -> Iterator[np.ndarray]:
         if self._table is None:
             yield self._permutation_slice(epoch, begin, end)
             return

@@ -14,20 +14,22 @@ from torch import Tensor, nn
 class TinyCNN(nn.Module):
     """A small conv net with global average pooling: trains on 48x48 images in minutes on a CPU.
 
-    Each stage is conv-BN-ReLU followed by 2x2 max pooling (except the last, which has two convs); the pooled
+    Each stage is conv-norm-ReLU followed by 2x2 max pooling (except the last, which has two convs); the pooled
     feature sum is a natural inductive bias for counting.
     """
 
-    def __init__(self, in_chans: int = 3, width: int = 24, num_stages: int = 3) -> None:
+    def __init__(self, in_chans: int = 3, width: int = 24, num_stages: int = 3, norm: str = "batch") -> None:
         super().__init__()
         if num_stages < 1 or width < 1:
             raise ValueError(f"TinyCNN: width and num_stages must be >= 1, got {width}, {num_stages}")
+        if norm not in NORMS:
+            raise ValueError(f"TinyCNN: norm must be one of {sorted(NORMS)}, got {norm!r}")
         layers: list[nn.Module] = []
         channels = in_chans
         for stage in range(num_stages):
             out = width * 2**stage
-            layers += _conv_bn_relu(channels, out)
-            layers += [nn.MaxPool2d(2)] if stage < num_stages - 1 else _conv_bn_relu(out, out)
+            layers += _conv_norm_relu(channels, out, norm)
+            layers += [nn.MaxPool2d(2)] if stage < num_stages - 1 else _conv_norm_relu(out, out, norm)
             channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -37,8 +39,12 @@ class TinyCNN(nn.Module):
         return torch.flatten(self.pool(self.features(images)), 1)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+#: ``batch`` (default), ``group`` (per-sample statistics: identical under any split of a batch across ranks)
+NORMS = {"batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(min(8, c), c)}
+
+
+def _conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), NORMS[norm](out_channels),
             nn.ReLU(inplace=True)]
 
 
