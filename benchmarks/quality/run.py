@@ -211,9 +211,9 @@ def report(benchmark: Benchmark, sweeps: Sequence[Sweep], out: Path) -> tuple[st
     """The benchmark's markdown table (also written as comparison.md/csv/png) and its number of failed jobs."""
     directories = [s.directory for s in sweeps if s.directory.is_dir() and any(
         (p / ".hydra").is_dir() for p in s.directory.iterdir())]
-    crashed = [s for s in sweeps if s.returncode not in (0, None) and s.directory not in directories]
-    notes = "".join(f"\nsweep {s.directory.name} ({','.join(s.losses)}) exited {s.returncode} before any job: "
-                    f"see {s.directory / 'sweep.log'}\n" for s in crashed)
+    crashed = [s for s in sweeps if s.returncode not in (0, None)]
+    notes = "".join(f"\nsweep {s.directory.name} ({','.join(s.losses)}) exited with {s.returncode}, jobs may be "
+                    f"missing: see {s.directory / 'sweep.log'}\n" for s in crashed)
     if not directories:
         return notes or "no jobs ran\n", len(crashed) or 1
     rows, metrics = summarize(directories, list(benchmark.metrics), directions=benchmark.directions)
