@@ -1,7 +1,9 @@
 """Swappable losses for multi-class, ordinal, soft-label and multi-label targets (one YAML each in configs/loss/).
 
 Every loss is a ``TailLoss``: it sizes and builds its head, turns outputs into probabilities and receives the
-training-split statistics through ``bind``. See ``base.py`` for the contract.
+training-split statistics through ``bind``. See ``base.py`` for the contract. ``peers.py`` runs the peer libraries'
+own implementations (coral-pytorch, dlordinal, timm) behind the same contract; they are imported only when such a
+loss is constructed.
 """
 
 from tailsweep.losses.base import REDUCTIONS, ClassTargetLoss, TailLoss, check_class_target
@@ -35,6 +37,14 @@ from tailsweep.losses.ordinal import (
     sord_targets,
     unimodal_targets,
 )
+from tailsweep.losses.peers import (
+    PeerAsymmetricLoss,
+    PeerCDWCELoss,
+    PeerCORALLoss,
+    PeerCORNLoss,
+    PeerEMDLoss,
+    PeerSoftLabelLoss,
+)
 from tailsweep.losses.soft import SoftCrossEntropyLoss, SoftKLDivLoss
 from tailsweep.losses.weights import WEIGHT_SCHEMES, class_weights
 
@@ -60,6 +70,12 @@ __all__ = [
     "GroupSumL1Loss",
     "LDAMLoss",
     "LogitAdjustedLoss",
+    "PeerAsymmetricLoss",
+    "PeerCDWCELoss",
+    "PeerCORALLoss",
+    "PeerCORNLoss",
+    "PeerEMDLoss",
+    "PeerSoftLabelLoss",
     "RankedProbabilityScoreLoss",
     "SORDLoss",
     "SigmoidFocalLoss",

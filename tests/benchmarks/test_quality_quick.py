@@ -1,0 +1,91 @@
+"""The quality benchmark's quick mode runs end to end and writes its tables (its numbers are not checked)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tailsweep.data.generators.counting import CountingConfig, generate_counting
+from tailsweep.data.generators.multilabel import MultilabelConfig, generate_multilabel
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "quality" / "run.py"
+METRICS = {
+    "counting": ["test/ev_mae", "test/argmax_mae", "test/rps", "test/qwk", "test/macro_recall", "test/ece",
+                 "test/group_sum_mae"],
+    "multilabel": ["test/map", "test/top5_recall", "test/ece"],
+}
+RUNS = {"counting": {"ce", "rps", "peer_coral", "peer_emd"},
+        "multilabel": {"bce", "bce pos_weight=neg_pos", "peer_asl"}}
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("quality_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_deals_every_loss_once_and_the_report_lists_failures(tmp_path: Path) -> None:
+    run = load_runner()
+    counting, multilabel = run.BENCHMARKS["counting"], run.BENCHMARKS["multilabel"]
+    losses, _ = run.loss_configs("ordinal")
+    assert {"ce", "rps", "coral", "peer_coral", "peer_emd"} <= set(losses) and "bce" not in losses
+    sweeps = run.plan(counting, losses, 2, tmp_path) + run.plan(multilabel, ["bce", "asl"], 2, tmp_path)
+    assert sorted(name for s in sweeps if s.benchmark is counting for name in s.losses) == sorted(losses)
+    assert [s.extra for s in sweeps if s.benchmark is multilabel] == [(), (), ("loss.pos_weight=neg_pos",)]
+    assert all(s.extra == () for s in run.plan(multilabel, ["asl"], 2, tmp_path))  # variant of an unselected loss
+    loads = [sum(len(s.losses) for s in queue) for queue in run.assign(sweeps, 2)]
+    assert sum(loads) == len(losses) + 3 and max(loads) - min(loads) <= 1
+    assert run.merge_overrides(("a=1", "b=2"), ("b=3", "c=4")) == ("a=1", "b=3", "c=4")
+
+    sweep = run.Sweep(counting, ["peer_coral", "coral"], (), tmp_path / "counting" / "w0", returncode=0)
+    jobs = [("peer_coral", 1, {"test/rps": 2.0}), ("coral", 1, {"test/rps": 1.0}), ("coral", 2, {"test/rps": 3.0}),
+            ("coral", 3, None)]
+    for number, (loss, seed, metrics) in enumerate(jobs):
+        job = sweep.directory / str(number)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- experiment=counting\n- loss={loss}\n- seed={seed}\n")
+        payload = {"status": "completed", "metrics": metrics} if metrics else {"status": "failed", "error": "boom"}
+        (job / ("metrics.json" if metrics else "failure.json")).write_text(json.dumps(payload))
+    table, failed = run.report(dataclasses.replace(counting, metrics=("test/rps",)), [sweep], tmp_path)
+    assert failed == 1
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "run" not in line]
+    assert [line.split(" | ")[0] for line in lines] == ["| coral", "| coral seed=3 [job 3]", "| peer_coral"]
+    assert "**2 ± 1.4**" in lines[0] and "failed: boom" in lines[1]
+    assert (tmp_path / "counting" / "comparison.csv").exists()
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_sweep_and_writes_both_tables(tmp_path: Path) -> None:
+    pytest.importorskip("coral_pytorch")
+    pytest.importorskip("dlordinal")
+    data = tmp_path / "data"
+    generate_counting(data / "counting", CountingConfig(num_images=320, image_size=24, seed=3))
+    generate_multilabel(data / "multilabel", MultilabelConfig(num_images=400, seed=3))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--data-dir", str(data), "--out", str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    report = (out / "quality.md").read_text()
+    assert "QUICK MODE" in report and "### counting" in report and "### multilabel" in report
+    assert report in result.stdout
+    for name, metrics in METRICS.items():
+        rows = list(csv.DictReader((out / name / "comparison.csv").open()))
+        assert {row["run"] for row in rows} == RUNS[name]
+        assert all(row["status"] == "completed" and row["n"] == "1" for row in rows), rows
+        assert all(row[metric] != "" for row in rows for metric in metrics)
+        assert (out / name / "comparison.png").stat().st_size > 0
+        for metric in metrics:
+            assert metric in report
