@@ -18,12 +18,15 @@ class TinyCNN(nn.Module):
     feature sum is a natural inductive bias for counting.
     """
 
-    def __init__(self, in_chans: int = 3, width: int = 24, num_stages: int = 3, norm: str = "batch") -> None:
+    def __init__(self, in_chans: int = 3, width: int = 24, num_stages: int = 3, norm: str = "batch",
+                 pool_grid: int = 1) -> None:
         super().__init__()
         if num_stages < 1 or width < 1:
             raise ValueError(f"TinyCNN: width and num_stages must be >= 1, got {width}, {num_stages}")
         if norm not in NORMS:
             raise ValueError(f"TinyCNN: norm must be one of {sorted(NORMS)}, got {norm!r}")
+        if pool_grid < 1:
+            raise ValueError(f"TinyCNN: pool_grid must be >= 1, got {pool_grid}")
         layers: list[nn.Module] = []
         channels = in_chans
         for stage in range(num_stages):
@@ -32,8 +35,10 @@ class TinyCNN(nn.Module):
             layers += [nn.MaxPool2d(2)] if stage < num_stages - 1 else _conv_norm_relu(out, out, norm)
             channels = out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = channels
+        # pool_grid=1: global average (position-free, a counting prior); g > 1 keeps a g x g grid of positions
+        # (position-coded attributes, e.g. the embedded multi-label set's 8 x 8 cells)
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
+        self.num_features = channels * pool_grid**2
 
     def forward(self, images: Tensor) -> Tensor:
         return torch.flatten(self.pool(self.features(images)), 1)
