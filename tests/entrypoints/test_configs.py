@@ -46,3 +46,13 @@ def test_unknown_config_value_lists_valid_ones() -> None:
         compose("train", overrides=["trainer=does_not_exist"])
     assert "Available options" in str(error.value) and "cpu" in str(error.value)
     GlobalHydra.instance().clear()
+
+
+def test_slurm_launcher_config_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher.nodes == 2 and cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
+    GlobalHydra.instance().clear()

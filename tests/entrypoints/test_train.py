@@ -78,3 +78,16 @@ def test_missing_dataset_says_how_to_generate(tmp_path: Path) -> None:
     result = _cli([f"paths.data_dir={tmp_path / 'nowhere'}", f"paths.log_dir={tmp_path}"], tmp_path)
     assert result.returncode != 0
     assert "tailsweep-generate counting" in result.stderr
+
+
+def test_optuna_search_runs_trials_and_records_the_best(counting_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = _cli(["-m", "hparams_search=loss_optuna", "hydra.sweeper.n_trials=2", "debug=limit_batches",
+                   "trainer.max_epochs=1", f"paths.data_dir={counting_root.parent}", f"paths.log_dir={tmp_path}",
+                   "data.image_size=24", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
+                   "callbacks.plots=null"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((tmp_path / "debug" / "multiruns").iterdir())
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "loss.weights.ev_l1" in best and "best_value" in best
