@@ -28,12 +28,14 @@ _Deferred = list[tuple[list[Tensor], Callable[[list[float]], str | None]]]
 
 
 def check_inputs(metric: str, probs: Tensor, target: Tensor, width: int, *, target_kind: str = "class",
-                 group_id: Tensor | None = None, needs_group: bool = False, max_groups: int | None = None) -> None:
+                 group_id: Tensor | None = None, needs_group: bool = False, max_groups: int | None = None,
+                 values: bool = True) -> None:
     """Validate one ``update``'s inputs; ``ValueError`` naming ``metric``, what it expected and what it got.
 
     ``target_kind``: ``class`` (integer labels ``[B]`` in ``0..width-1``), ``class_or_soft`` (those, or float rows
     ``[B, width]`` summing to 1), ``multilabel`` (``[B, width]`` in {1, 0, -1}; ``probs`` rows need not sum to 1).
     ``needs_group``: ``group_id`` must be an integer ``[B]`` (in ``0..max_groups-1`` when ``max_groups`` is set).
+    ``values=False`` checks types and shapes only (no host transfer).
     """
     deferred: _Deferred = []
     _check_probabilities(metric, probs, width, target_kind != "multilabel", deferred)
@@ -50,7 +52,7 @@ def check_inputs(metric: str, probs: Tensor, target: Tensor, width: int, *, targ
         _check_class_target(metric, target, probs.shape[0], width, deferred)
     if needs_group:
         _check_group_id(metric, group_id, probs.shape[0], max_groups, deferred)
-    if not deferred:
+    if not deferred or not values:
         return
     found = torch.stack([t.detach().to(torch.float64) for tensors, _ in deferred for t in tensors]).tolist()
     for tensors, verdict in deferred:
