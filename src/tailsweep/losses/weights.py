@@ -5,6 +5,7 @@ A config names a scheme (``class_weights: effective_number``); the numbers come 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -63,8 +64,8 @@ def class_weights(
     elif scheme == "sqrt_inverse":
         weights = counts.rsqrt()
     elif scheme == "power":
-        if power < 0:
-            raise ValueError(f"class_weights: power must be >= 0, got {power}")
+        if not 0 <= power < math.inf:  # written so that NaN fails too
+            raise ValueError(f"class_weights: power must be finite and >= 0, got {power}")
         weights = counts.pow(-power)
     elif scheme == "effective_number":
         if not 0.0 <= beta < 1.0:
