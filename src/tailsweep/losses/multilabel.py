@@ -49,7 +49,7 @@ def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, 
         return None
     low, high = torch.stack(target.aminmax()).tolist()
     unknown = low < 0
-    bad = high > 1 or low < -1 or (unknown and bool(((target < 0) & (target != -1)).any()))
+    bad = not (low >= -1 and high <= 1) or (unknown and bool(((target < 0) & (target != -1)).any()))  # NaN: bad
     if bad:
         wrong = target[~(((target >= 0) & (target <= 1)) | (target == -1))]
         raise ValueError(f"{loss_name}: expected target values in [0, 1] or -1 (unknown), got e.g. "

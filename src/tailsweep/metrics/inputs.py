@@ -124,8 +124,8 @@ def _check_group_id(metric: str, group_id: Tensor | None, batch_size: int, max_g
                     deferred: _Deferred) -> None:
     if group_id is None:
         raise ValueError(
-            f"{metric}: needs group_id (an integer tensor of shape ({batch_size},) naming each sample's group); "
-            "pass update(probs, target, group_id=...)"
+            f"{metric}: needs group_id (an integer tensor of shape ({batch_size},) naming each sample's group), got "
+            "None; pass update(probs, target, group_id=...)"
         )
     if not isinstance(group_id, Tensor) or group_id.dtype.is_floating_point or group_id.dtype == torch.bool:
         got = group_id.dtype if isinstance(group_id, Tensor) else type(group_id).__name__
