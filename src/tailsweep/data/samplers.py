@@ -89,7 +89,7 @@ class SamplerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"data.sampler: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+            raise ValueError(f"data.sampler: unknown key(s) {unknown}; expected keys among {sorted(known)}")
         kwargs = dict(values)
         if kwargs.get("explicit") is not None:
             try:
@@ -182,7 +182,7 @@ class _CompositionTable:
             bad = int(np.flatnonzero(~np.isfinite(w) | (w < 0))[0])
             raise ValueError(f"sampler weights must be finite and >= 0, got {w[bad]} at row {bad}")
         if high == 0:
-            raise ValueError("sampler weights are zero for every row")
+            raise ValueError(f"sampler weights are zero for every row: expected a weight > 0, got {w.size} zeros")
         if high > np.finfo(np.float64).max / w.size:  # the envelope sum would overflow: only ratios matter
             w = w / high
         # the top 16 bits of a non-negative float64 are a zero sign, the exponent and 4 mantissa bits: a bin key
