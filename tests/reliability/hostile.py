@@ -33,7 +33,8 @@ def clear_error(call: Callable[[], Any], *names: str, errors: tuple[type[BaseExc
     message = str(info.value)
     for name in names:
         assert name in message, f"{name!r} is not named in {message!r}"
-    assert re.search(r"\bgot\b|\bbut\b|must|expected", message), f"no expected/actual in {message!r}"
+    assert re.search(r"\bgot\b|\bbut\b|must|expected|cannot|\bnot\b|missing|empty|no rows", message), \
+        f"says neither what was expected nor what came: {message!r}"
     if match is not None:
         assert re.search(match, message), f"{match!r} not in {message!r}"
     return message

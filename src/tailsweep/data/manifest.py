@@ -282,14 +282,15 @@ class _Table:
                     raise ManifestError(f"manifest {path} is empty (no header line)")
                 header = [h.strip() for h in header]
                 records, lines = [], []
+                start = reader.line_num + 1  # a quoted cell may span lines: a row is named by its first line
                 for record in reader:
-                    if not record:
-                        continue
-                    if len(record) != len(header):
-                        raise ManifestError(f"manifest {path}, row {reader.line_num}: expected {len(header)} cells "
+                    if record and len(record) != len(header):
+                        raise ManifestError(f"manifest {path}, row {start}: expected {len(header)} cells "
                                             f"(one per header column), got {len(record)}")
-                    records.append(record)
-                    lines.append(reader.line_num)
+                    if record:
+                        records.append(record)
+                        lines.append(start)
+                    start = reader.line_num + 1
             except UnicodeDecodeError as error:
                 raise ManifestError(
                     f"manifest {path}: expected UTF-8 text (a CSV file), got byte {error.object[error.start]:#04x} "
@@ -464,11 +465,14 @@ def _read_classes(
     else:
         count = _check_num_classes(num_classes, num_classes, where, "data.num_classes")
     expected = "an integer class index" if names is None else f"a known label name (one of {list(names)[:20]})"
-    labels = np.asarray(_parse_column(table, values, column, _to_int, expected), dtype=np.int64)
-    bad = np.flatnonzero((labels < 0) | (labels >= count))
-    if bad.size:
-        raise table.fail(int(bad[0]), column, f"must lie in 0..{count - 1} (data.num_classes={count}), "
-                                              f"got {labels[bad[0]]}")
+    parsed = _parse_column(table, values, column, _to_int, expected)
+    try:
+        labels = np.asarray(parsed, dtype=np.int64)
+        bad = np.flatnonzero((labels < 0) | (labels >= count)).tolist()
+    except OverflowError:  # beyond int64 ("1e19"): out of range like any other
+        labels, bad = None, [i for i, label in enumerate(parsed) if not 0 <= label < count]
+    if bad:
+        raise table.fail(bad[0], column, f"must lie in 0..{count - 1} (data.num_classes={count}), got {parsed[bad[0]]}")
     return torch.from_numpy(labels), names, count
 
 
@@ -538,6 +542,8 @@ def _read_groups(table: _Table, column: str | None) -> Tensor:
             numbers = present.astype(np.int64)
         except OverflowError:  # integers beyond int64 are names like any other
             numbers = None
+        if numbers is not None and numbers.size and int(numbers.max()) + int(missing.sum()) > np.iinfo(np.int64).max:
+            numbers = None  # no room above the largest id for the rows without a group
     if numbers is not None:
         ids = np.zeros(count, dtype=np.int64)
         ids[~missing] = numbers
@@ -568,7 +574,8 @@ def _read_weights(table: _Table, column: str) -> Tensor:
     if bad.size:
         raise table.fail(int(bad[0]), column, f"must be a finite weight >= 0, got {values[bad[0]]!r}")
     if not (weights > 0).any():
-        raise ManifestError(f"manifest {table.source}: every weight in column {column!r} is zero")
+        raise ManifestError(f"manifest {table.source}: column {column!r} (data.weight_column): expected a weight > 0 "
+                            f"in some row, got 0 in every row")
     return torch.from_numpy(weights)
 
 
