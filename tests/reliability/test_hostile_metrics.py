@@ -205,3 +205,28 @@ def test_small_integer_labels_and_group_ids_give_the_int64_values(dtype: torch.d
     table = build_metric_collection("ordinal", C, stage="val", names=["group_sum_mae"], max_groups=4)
     table.update(probs, target.to(dtype), group_id=group_id.to(dtype))
     assert float(table.compute()["val/group_sum_mae"]) == pytest.approx(values(reference)["val/group_sum_mae"])
+
+
+def test_the_collection_check_reads_types_and_shapes_only() -> None:
+    """The check that ``TaskMetricCollection.update`` adds runs no reduction and no host transfer (the hot path):
+    only attribute reads, whatever the task."""
+    from torch.overrides import TorchFunctionMode
+
+    from tailsweep.metrics.collections import TARGET_KIND
+    from tailsweep.metrics.inputs import check_inputs
+
+    class Record(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    for task in TASKS:
+        probs, target, group_id = batch(task, 6, 0)
+        with Record() as record:
+            check_inputs("m", probs, target, C, target_kind=TARGET_KIND[task], group_id=group_id, needs_group=True,
+                         max_groups=8, values=False)
+        assert set(record.names) <= {"__get__", "is_floating_point", "numel"}, record.names
