@@ -196,13 +196,15 @@ def test_groups_missing_and_named(write_manifest) -> None:
 
 
 def test_without_split_column_groups_stay_together(write_manifest) -> None:
-    rows = [(f"img/{k % 12}.png", k % 4, k // 4) for k in range(400)]
-    manifest = read_manifest(write_manifest(("path", "label", "group_id"), rows), num_classes=4, split_seed=3)
+    rows = [(f"img/{k}.png", k % 4, k // 4) for k in range(400)]  # each image once: files are not read here
+    manifest = read_manifest(write_manifest(("path", "label", "group_id"), rows), num_classes=4, split_seed=3,
+                             check_files=False)
     for group in range(100):
         assert len(set(manifest.splits[manifest.group_ids.numpy() == group])) == 1
     share = {s: float((manifest.splits == s).mean()) for s in ("train", "val", "test")}
     assert abs(share["train"] - 0.8) < 0.05 and abs(share["val"] - 0.1) < 0.04
-    again = read_manifest(write_manifest(("path", "label", "group_id"), rows), num_classes=4, split_seed=3)
+    again = read_manifest(write_manifest(("path", "label", "group_id"), rows), num_classes=4, split_seed=3,
+                          check_files=False)
     assert again.splits.tolist() == manifest.splits.tolist()
 
 

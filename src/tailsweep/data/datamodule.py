@@ -1,7 +1,8 @@
 """The LightningDataModule: manifest -> validated splits -> statistics -> sharded, weighted loaders.
 
 ``setup`` reads and validates the whole manifest before any training step (files, labels, splits, groups,
-sampler scheme), decodes the images of the stage's splits when caching, computes the training-split
+sampler scheme), decodes the images of the stage's splits when caching (``fit``: all three) or reads each image's
+header otherwise (a non-image file fails here, not mid-epoch), computes the training-split
 ``DatasetStatistics`` once and exposes them (``statistics``, ``task``, ``num_classes``), so that the loss, the
 sampler, the metrics and the prior correction are all derived from the same numbers.
 
@@ -23,14 +24,16 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from tailsweep.data.datasets import BatchCollate, ManifestImageDataset
+from tailsweep.data.datasets import BatchCollate, ManifestImageDataset, check_image_headers
 from tailsweep.data.manifest import SPLITS, Manifest, ManifestError, read_manifest
 from tailsweep.data.samplers import OrderedShardSampler, SamplerConfig, ShardedRandomSampler, sampling_weights
 from tailsweep.data.stats import TASKS, DatasetStatistics
 from tailsweep.data.transforms import TRANSFORMS, BatchTransform, build_sample_transform, resolve_normalization
 
 log = logging.getLogger(__name__)
-STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+#: Splits whose datasets ``setup(stage)`` builds (and checks: decodes when caching, reads headers otherwise). "fit"
+#: includes the test split, which train.py tests next, so that a corrupt test image fails before training.
+STAGE_SPLITS = {"fit": ("train", "val", "test"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
 def statistics_of(manifest: Manifest) -> DatasetStatistics:
@@ -193,6 +196,8 @@ class TailDataModule(L.LightningDataModule):
             log.warning("not caching the %s split: %.1f GB of decoded images exceed data.cache_max_gb=%s",
                         split, gigabytes, hp.cache_max_gb)
             cache = False
+        if not cache and hp.check_files:
+            check_image_headers(part)  # a cached split is decoded (checked) as it is built
         return ManifestImageDataset(part, image_size=hp.image_size, sample_transform=sample_transform, cache=cache)
 
     def split(self, name: str) -> Manifest:

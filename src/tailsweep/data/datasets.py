@@ -36,6 +36,35 @@ def load_image(path: str, row: int | None = None, source: object = None) -> Imag
         raise ManifestError(f"{where}image file {path} cannot be decoded ({error})") from None
 
 
+def check_image_headers(manifest: Manifest, threads: int | None = None) -> None:
+    """Every image of ``manifest`` opens as an image, without decoding the pixels: PIL reads the header (format
+    and size) and ``verify``s what the format allows (PNG: every chunk's checksum up to the end of the file).
+
+    Catches, before training, files that are not images (text, HTML error pages, empty files) and truncated PNGs
+    in splits that are not decoded at setup; other formats cut short after a valid header (JPEG) fail at their
+    first decode, naming the row. The first bad row (in manifest order) is named in a ``ManifestError``.
+    """
+
+    def check(index: int) -> None:
+        path = manifest.paths[index]
+        where = f"{manifest.where(index)}: image file {path}"
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                image.verify()
+        except FileNotFoundError:
+            raise ManifestError(f"{where} does not exist") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise ManifestError(f"{where} is not a readable image ({error})") from None
+        if width < 1 or height < 1:
+            raise ManifestError(f"{where}: expected an image of at least 1x1 pixels, got {width}x{height}")
+
+    workers = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(check, range(len(manifest))):
+            pass
+
+
 class ManifestImageDataset(Dataset):
     """Images and targets of one validated manifest split.
 

@@ -141,9 +141,12 @@ def read_manifest(
     table = _Table.read(path, "parquet" if format == "parquet" or path.suffix in (".parquet", ".pq") else "csv")
     names = _load_class_names(class_names, path.parent)
 
-    paths = table.column(path_column, "the image path column (data.path_column)")
+    paths = [str(p).strip() for p in table.column(path_column, "the image path column (data.path_column)")]
+    if not all(paths):
+        raise table.fail(paths.index(""), path_column, "must be an image path, got an empty cell")
     base = str(path.parent)
-    image_paths = tuple(os.path.join(base, p.strip()) for p in paths)
+    image_paths = tuple(os.path.normpath(os.path.join(base, p)) for p in paths)
+    _check_unique_paths(table, image_paths, path_column)
     targets, names, num_classes = _read_targets(table, task, num_classes, names, label_column, label_columns,
                                                 label_delimiter, soft_tolerance)
     group_ids = _read_groups(table, group_column)
@@ -227,11 +230,29 @@ def read_image_folder(
     return manifest
 
 
+def _check_unique_paths(table: _Table, paths: Sequence[str], column: str) -> None:
+    """Each image once: a path in two splits leaks the image from training into evaluation, and two rows of one
+    image (one label each) would teach the model that each row's other labels are absent."""
+    if len(set(paths)) == len(paths):
+        return
+    first: dict[str, int] = {}
+    for index, image in enumerate(paths):
+        if image in first:
+            raise ManifestError(
+                f"manifest {table.source}: {column} lists image {image} twice, rows {int(table.rows[first[image]])} "
+                f"and {int(table.rows[index])}; expected each image once. Give all labels of an image in one row "
+                f"(a label list or multi-hot columns; soft labels for several annotators) and repeat images "
+                f"through data.sampler or data.weight_column"
+            )
+        first[image] = index
+
+
 def check_image_files(manifest: Manifest) -> None:
     """Every image file exists and is readable, else the first bad one is named with its row."""
     for index, image in enumerate(manifest.paths):
         if not os.path.isfile(image):
-            raise ManifestError(f"{manifest.where(index)}: image file {image} does not exist")
+            what = "is a directory, not an image file" if os.path.isdir(image) else "does not exist"
+            raise ManifestError(f"{manifest.where(index)}: image file {image} {what}")
         if not os.access(image, os.R_OK):
             raise ManifestError(f"{manifest.where(index)}: image file {image} is not readable (permissions)")
 
@@ -252,21 +273,32 @@ class _Table:
 
     @classmethod
     def _read_csv(cls, path: Path) -> _Table:
-        with path.open(newline="") as handle:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
-            if not header:
-                raise ManifestError(f"manifest {path} is empty (no header line)")
-            header = [h.strip() for h in header]
-            records, lines = [], []
-            for record in reader:
-                if not record:
-                    continue
-                if len(record) != len(header):
-                    raise ManifestError(f"manifest {path}, row {reader.line_num}: expected {len(header)} cells "
-                                        f"(one per header column), got {len(record)}")
-                records.append(record)
-                lines.append(reader.line_num)
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise ManifestError(f"manifest {path} is empty (no header line)")
+                header = [h.strip() for h in header]
+                records, lines = [], []
+                start = reader.line_num + 1  # a quoted cell may span lines: a row is named by its first line
+                for record in reader:
+                    if record and len(record) != len(header):
+                        raise ManifestError(f"manifest {path}, row {start}: expected {len(header)} cells "
+                                            f"(one per header column), got {len(record)}")
+                    if record:
+                        records.append(record)
+                        lines.append(start)
+                    start = reader.line_num + 1
+            except UnicodeDecodeError as error:
+                raise ManifestError(
+                    f"manifest {path}: expected UTF-8 text (a CSV file), got byte {error.object[error.start]:#04x} "
+                    f"at byte offset {error.start} that is not UTF-8; save the CSV as UTF-8, or pass a Parquet file"
+                ) from None
+            except csv.Error as error:
+                raise ManifestError(f"manifest {path}, row {reader.line_num + 1}: expected CSV text, got a line "
+                                    f"the csv module cannot read ({error})") from None
         if not records:
             raise ManifestError(f"manifest {path} has a header but no rows")
 
@@ -302,6 +334,9 @@ class _Table:
         if name not in self.header:
             raise ManifestError(f"manifest {self.source}: missing column {name!r} ({what}); found columns "
                                 f"{self.header[:30]}")
+        if self.header.count(name) > 1:
+            raise ManifestError(f"manifest {self.source}: expected one column named {name!r} ({what}), got "
+                                f"{self.header.count(name)} in the header; rename the others")
         return self._columns(name)
 
     def fail(self, index: int, column: str, message: str) -> ManifestError:
@@ -430,11 +465,14 @@ def _read_classes(
     else:
         count = _check_num_classes(num_classes, num_classes, where, "data.num_classes")
     expected = "an integer class index" if names is None else f"a known label name (one of {list(names)[:20]})"
-    labels = np.asarray(_parse_column(table, values, column, _to_int, expected), dtype=np.int64)
-    bad = np.flatnonzero((labels < 0) | (labels >= count))
-    if bad.size:
-        raise table.fail(int(bad[0]), column, f"must lie in 0..{count - 1} (data.num_classes={count}), "
-                                              f"got {labels[bad[0]]}")
+    parsed = _parse_column(table, values, column, _to_int, expected)
+    try:
+        labels = np.asarray(parsed, dtype=np.int64)
+        bad = np.flatnonzero((labels < 0) | (labels >= count)).tolist()
+    except OverflowError:  # beyond int64 ("1e19"): out of range like any other
+        labels, bad = None, [i for i, label in enumerate(parsed) if not 0 <= label < count]
+    if bad:
+        raise table.fail(bad[0], column, f"must lie in 0..{count - 1} (data.num_classes={count}), got {parsed[bad[0]]}")
     return torch.from_numpy(labels), names, count
 
 
@@ -498,9 +536,17 @@ def _read_groups(table: _Table, column: str | None) -> Tensor:
     values = np.char.strip(table.column(column, "the group column").astype(str))
     missing = values == ""
     present = values[~missing]
+    numbers = None
     if all(_is_int(v) for v in np.unique(present)):
+        try:
+            numbers = present.astype(np.int64)
+        except OverflowError:  # integers beyond int64 are names like any other
+            numbers = None
+        if numbers is not None and numbers.size and int(numbers.max()) + int(missing.sum()) > np.iinfo(np.int64).max:
+            numbers = None  # no room above the largest id for the rows without a group
+    if numbers is not None:
         ids = np.zeros(count, dtype=np.int64)
-        ids[~missing] = present.astype(np.int64)
+        ids[~missing] = numbers
     else:  # string group names: numbered in order of first appearance
         _, first, codes = np.unique(present, return_index=True, return_inverse=True)
         rank = np.empty_like(first)
@@ -528,7 +574,8 @@ def _read_weights(table: _Table, column: str) -> Tensor:
     if bad.size:
         raise table.fail(int(bad[0]), column, f"must be a finite weight >= 0, got {values[bad[0]]!r}")
     if not (weights > 0).any():
-        raise ManifestError(f"manifest {table.source}: every weight in column {column!r} is zero")
+        raise ManifestError(f"manifest {table.source}: column {column!r} (data.weight_column): expected a weight > 0 "
+                            f"in some row, got 0 in every row")
     return torch.from_numpy(weights)
 
 

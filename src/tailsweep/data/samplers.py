@@ -65,13 +65,15 @@ class SamplerConfig:
     num_samples: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.num_samples, float) and self.num_samples.is_integer():
+            object.__setattr__(self, "num_samples", int(self.num_samples))  # 1e6 from YAML is a float
         if self.scheme not in SAMPLER_SCHEMES:
             raise ValueError(f"data.sampler.scheme must be one of {SAMPLER_SCHEMES}, got {self.scheme!r}")
         if self.multilabel_reduction not in MULTILABEL_REDUCTIONS:
             raise ValueError(f"data.sampler.multilabel_reduction must be one of {MULTILABEL_REDUCTIONS}, "
                              f"got {self.multilabel_reduction!r}")
-        if self.num_samples is not None and self.num_samples < 1:
-            raise ValueError(f"data.sampler.num_samples must be >= 1 or null, got {self.num_samples}")
+        if self.num_samples is not None and not (_is_count(self.num_samples) and self.num_samples >= 1):
+            raise ValueError(f"data.sampler.num_samples must be >= 1 (an integer) or null, got {self.num_samples!r}")
         if self.scheme == "explicit" and not self.explicit:
             raise ValueError("data.sampler.explicit must list one weight per class for scheme 'explicit'")
         if self.negative_weight is not None and not 0 <= self.negative_weight < math.inf:
@@ -87,11 +89,20 @@ class SamplerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"data.sampler: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+            raise ValueError(f"data.sampler: unknown key(s) {unknown}; expected keys among {sorted(known)}")
         kwargs = dict(values)
         if kwargs.get("explicit") is not None:
-            kwargs["explicit"] = tuple(float(v) for v in kwargs["explicit"])  # type: ignore[union-attr]
+            try:
+                kwargs["explicit"] = tuple(float(v) for v in kwargs["explicit"])  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise ValueError(f"data.sampler.explicit must be a list of numbers (one weight per class), got "
+                                 f"{kwargs['explicit']!r}") from None
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def _is_count(value: object) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def sampling_weights(
@@ -158,7 +169,12 @@ class _CompositionTable:
     """
 
     def __init__(self, weights: Tensor | np.ndarray) -> None:
-        w = np.asarray(weights.detach().cpu().numpy() if isinstance(weights, Tensor) else weights, dtype=np.float64)
+        try:
+            w = np.asarray(weights.detach().cpu().numpy() if isinstance(weights, Tensor) else weights,
+                           dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"sampler weights must be numbers, got {np.asarray(weights).flatten()[:5].tolist()}"
+                             ) from None
         if w.ndim != 1 or w.size == 0:
             raise ValueError(f"sampler weights must be a non-empty 1-D array, got shape {w.shape}")
         low, high = w.min(), w.max()  # NaN propagates into both
@@ -166,7 +182,9 @@ class _CompositionTable:
             bad = int(np.flatnonzero(~np.isfinite(w) | (w < 0))[0])
             raise ValueError(f"sampler weights must be finite and >= 0, got {w[bad]} at row {bad}")
         if high == 0:
-            raise ValueError("sampler weights are zero for every row")
+            raise ValueError(f"sampler weights are zero for every row: expected a weight > 0, got {w.size} zeros")
+        if high > np.finfo(np.float64).max / w.size:  # the envelope sum would overflow: only ratios matter
+            w = w / high
         # the top 16 bits of a non-negative float64 are a zero sign, the exponent and 4 mantissa bits: a bin key
         key = (w.view(np.uint64) >> np.uint64(48)).astype(np.uint16)
         if low == 0:  # rows of weight 0 are never drawn: they get a bin key past every real one
@@ -257,13 +275,13 @@ class ShardedRandomSampler(Sampler[int]):
         on_epoch: Callable[[int], None] | None = None,
         block_size: int | None = None,
     ) -> None:
-        if num_items < 1:
-            raise ValueError(f"ShardedRandomSampler: num_items must be >= 1, got {num_items}")
+        if not (_is_count(num_items) and num_items >= 1):
+            raise ValueError(f"ShardedRandomSampler: num_items must be >= 1 (an integer), got {num_items!r}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"ShardedRandomSampler: need 0 <= rank < world_size, got rank={rank}, "
                              f"world_size={world_size}")
-        if num_samples is not None and num_samples < 1:
-            raise ValueError(f"ShardedRandomSampler: num_samples must be >= 1, got {num_samples}")
+        if num_samples is not None and not (_is_count(num_samples) and num_samples >= 1):
+            raise ValueError(f"ShardedRandomSampler: num_samples must be >= 1 (an integer), got {num_samples!r}")
         if weights is not None and len(weights) != num_items:
             raise ValueError(f"ShardedRandomSampler: expected {num_items} weights (one per row), got {len(weights)}")
         self.num_items = num_items
@@ -355,6 +373,8 @@ class OrderedShardSampler(Sampler[int]):
     """
 
     def __init__(self, num_items: int, *, rank: int = 0, world_size: int = 1) -> None:
+        if not (_is_count(num_items) and num_items >= 0):
+            raise ValueError(f"OrderedShardSampler: num_items must be >= 0 (an integer), got {num_items!r}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"OrderedShardSampler: need 0 <= rank < world_size, got rank={rank}, "
                              f"world_size={world_size}")

@@ -6,14 +6,15 @@ A ``TailLoss`` says how many outputs the head needs for C classes (``num_outputs
 works with every loss and a new loss is one class plus one YAML file in ``configs/loss/``.
 
 Targets by task:
-    multiclass / ordinal: int64 ``[B]`` in ``0..C-1`` (``ignore_index``, default -100, is masked out);
+    multiclass / ordinal: integer ``[B]`` in ``0..C-1`` (``ignore_index``, default -100, is masked out);
     soft: float ``[B, C]`` rows summing to 1;
     multilabel: float ``[B, L]`` with 1 positive, 0 negative, -1 unknown (masked out).
 
 Reductions are the same everywhere: ``none`` gives one value per sample (0 for ignored samples), ``sum`` their
-sum and ``mean`` the sum divided by the number of samples that count (not ignored). Class weights therefore scale
-the loss as ``E[w_y * loss]`` (weights have mean 1 over classes), not PyTorch's per-batch ``sum(w_y * l) /
-sum(w_y)``, which changes the weighting from batch to batch.
+sum and ``mean`` the sum divided by the number of samples that count (not ignored; 0 for an empty batch or one
+whose samples are all ignored). Class weights therefore scale the loss as ``E[w_y * loss]`` (weights have mean 1
+over classes), not PyTorch's per-batch ``sum(w_y * l) / sum(w_y)``, which changes the weighting from batch to
+batch.
 
 Data-derived tensors (class weights, priors, tables that depend on C) are non-persistent buffers created by
 ``bind`` (or lazily from the outputs' width for losses that need no statistics): checkpoints do not carry them,
@@ -44,6 +45,15 @@ def checks_enabled(loss: TailLoss) -> bool:
 def compute_dtype(outputs: Tensor) -> torch.dtype:
     """float32 for half/bfloat16/float32 outputs, float64 for float64 (used by the float64 reference tests)."""
     return torch.float64 if outputs.dtype == torch.float64 else torch.float32
+
+
+def check_tensor(loss_name: str, what: str, value: object, expected: str = "a tensor") -> None:
+    """A ``ValueError`` naming the loss when ``value`` (outputs, target, group_id) is not a tensor: a list or a
+    NumPy array of strings would otherwise fail deep inside torch with an unrelated message."""
+    if not isinstance(value, Tensor):
+        detail = f" of dtype {value.dtype}" if hasattr(value, "dtype") else ""
+        raise ValueError(f"{loss_name}: expected {what} as a torch.Tensor ({expected}), got "
+                         f"{type(value).__name__}{detail}")
 
 
 class TailLoss(nn.Module):
@@ -147,7 +157,8 @@ class TailLoss(nn.Module):
         """Apply ``self.reduction`` to a per-sample loss vector (``valid``: mask of the samples that count)."""
         if self.reduction == "mean":
             if valid is None:
-                return per_sample.mean()
+                # an empty batch has mean 0 (as a batch whose samples are all ignored), not mean()'s NaN
+                return per_sample.mean() if per_sample.shape[0] else per_sample.sum()
             return per_sample.sum() / valid.sum().clamp_min(1)
         if self.reduction == "sum":
             return per_sample.sum()
@@ -167,6 +178,7 @@ class TailLoss(nn.Module):
 
     def ensure_classes(self, outputs: Tensor) -> int:
         """Check the outputs' shape against the bound number of classes (or build the tables from it)."""
+        check_tensor(self.name, "outputs", outputs)
         if outputs.ndim != 2:
             raise ValueError(f"{self.name}: expected outputs of shape (B, K), got {tuple(outputs.shape)}")
         implied = self.classes_from_outputs(outputs.shape[1])
@@ -200,6 +212,7 @@ class ClassTargetLoss(TailLoss):
         num_classes = self.ensure_classes(outputs)
         ignored = check_class_target(self.name, outputs, target, num_classes, self.ignore_index,
                                      values=checks_enabled(self))
+        target = target.long()  # uint8/int16/int32 labels: index with int64 (uint8 would index as a mask)
         if self.ignore_index is None or ignored is False:
             return num_classes, target, None
         valid = target != self.ignore_index
@@ -220,6 +233,7 @@ def check_class_target(loss_name: str, outputs: Tensor, target: Tensor, num_clas
     when labels outside ``0..C-1`` are present. Returns whether any label equals ``ignore_index`` (None when the
     values were not looked at), so that callers can skip the masking.
     """
+    check_tensor(loss_name, "target", target, "integer class labels")
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"{loss_name}: expected integer class labels, got dtype {target.dtype}")
     if target.ndim != 1 or target.shape[0] != outputs.shape[0]:

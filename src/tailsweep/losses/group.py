@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from tailsweep.losses.base import check_tensor
 from tailsweep.losses.ordinal import OrdinalLoss
 
 
@@ -28,13 +29,14 @@ class GroupSumL1Loss(OrdinalLoss):
         super().__init__(reduction, ignore_index)
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        _, labels, valid = self.prepare_target(outputs, target)
         if group_id is None:
             raise ValueError(f"{self.name}: expected group_id of shape ({outputs.shape[0]},) from the batch, got "
                              f"None; the data must define groups (a group column in the manifest)")
+        check_tensor(self.name, "group_id", group_id, "integer group ids")
         if group_id.shape != (outputs.shape[0],) or group_id.dtype.is_floating_point or group_id.dtype == torch.bool:
             raise ValueError(f"{self.name}: expected integer group_id of shape ({outputs.shape[0]},), got "
                              f"{group_id.dtype} of shape {tuple(group_id.shape)}")
-        _, labels, valid = self.prepare_target(outputs, target)
         expected = self.expected_value(self.probabilities(outputs))
         observed = labels.to(expected.dtype)
         if valid is not None:

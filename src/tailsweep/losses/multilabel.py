@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import TailLoss, checks_enabled, compute_dtype
+from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled, compute_dtype
 from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
 
 POS_WEIGHT_SCHEMES = ("none", "neg_pos", "sqrt_neg_pos")
@@ -39,6 +39,7 @@ def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, 
     """Shape equal to the outputs', values in [0, 1] or exactly -1. The value check (when ``values``) costs one
     pass and one host sync (two when unknowns are present); it returns whether any entry is unknown (None when
     it did not look)."""
+    check_tensor(loss_name, "target", target, "1/0/-1 per label")
     if target.dtype == torch.bool or target.dtype.is_complex:
         raise ValueError(f"{loss_name}: expected float targets with 1/0/-1 (unknown), got dtype {target.dtype}")
     if target.shape != outputs.shape:
@@ -48,7 +49,7 @@ def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, 
         return None
     low, high = torch.stack(target.aminmax()).tolist()
     unknown = low < 0
-    bad = high > 1 or low < -1 or (unknown and bool(((target < 0) & (target != -1)).any()))
+    bad = not (low >= -1 and high <= 1) or (unknown and bool(((target < 0) & (target != -1)).any()))  # NaN: bad
     if bad:
         wrong = target[~(((target >= 0) & (target <= 1)) | (target == -1))]
         raise ValueError(f"{loss_name}: expected target values in [0, 1] or -1 (unknown), got e.g. "
@@ -86,6 +87,7 @@ class MultiLabelLoss(TailLoss):
         return self.reduce(pointwise.sum(-1) / pointwise.shape[-1])
 
     def ensure_classes(self, outputs: Tensor) -> int:
+        check_tensor(self.name, "outputs", outputs)
         if outputs.ndim != 2 or outputs.shape[1] < 1:
             raise ValueError(f"{self.name}: expected outputs of shape (B, L), got {tuple(outputs.shape)}")
         if self.num_classes is None:

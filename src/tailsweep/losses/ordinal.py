@@ -378,4 +378,6 @@ class CumulativeLinkLoss(CumulativeOutputLoss):
         lower = logits.gather(1, (labels - 1).clamp(min=0)[:, None]).squeeze(1)
         upper = upper.masked_fill(labels == last, math.inf)
         lower = lower.masked_fill(labels == 0, -math.inf)
-        return -self.interval_log_probability(upper, lower)
+        # A NaN or inf among the other cutpoints must still reach the loss (and the module's non-finite guard):
+        # the row's sum enters with weight 0, which leaves value and gradient unchanged for finite outputs.
+        return -self.interval_log_probability(upper, lower) + 0.0 * logits.sum(-1)

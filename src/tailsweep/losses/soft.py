@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import TailLoss, checks_enabled, compute_dtype
+from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled, compute_dtype
 from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
 
 COUNT_BY = ("mass", "nonzero")
@@ -28,6 +28,7 @@ def check_soft_target(loss_name: str, outputs: Tensor, target: Tensor, tolerance
                       values: bool = True) -> None:
     """Probability rows: floating dtype, the outputs' shape, entries >= 0 and rows summing to 1 (within
     ``tolerance``). The value check costs one host sync and runs only when ``values``."""
+    check_tensor(loss_name, "target", target, "probability rows")
     if not target.dtype.is_floating_point:
         raise ValueError(f"{loss_name}: expected floating-point probability targets, got dtype {target.dtype}")
     if target.shape != outputs.shape:

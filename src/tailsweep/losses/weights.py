@@ -5,6 +5,7 @@ A config names a scheme (``class_weights: effective_number``); the numbers come 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -48,7 +49,8 @@ def class_weights(
         raise ValueError(f"class_weights: scheme must be one of {WEIGHT_SCHEMES}, got {scheme!r}")
     present = counts > 0
     if not present.any():
-        raise ValueError("class_weights: every class has zero samples")
+        raise ValueError(f"class_weights: expected a class with samples, got zero samples for every class "
+                         f"({counts.numel()} classes)")
     if scheme in INVERSE_SCHEMES and not present.all():
         empty = torch.nonzero(~present).flatten().tolist()
         raise ValueError(
@@ -56,27 +58,35 @@ def class_weights(
             f"in the training split (their weight would be infinite). Use 'none' or 'explicit', or drop the "
             f"empty classes."
         )
+    # The power-law and effective-number schemes are computed as logs and scaled by the largest before exp():
+    # a tiny soft-label mass (1/n overflows) or a large power (n ** -p underflows to 0 for every class) stays exact.
     if scheme == "none":
         weights = torch.ones_like(counts)
-    elif scheme == "inverse":
-        weights = 1.0 / counts
-    elif scheme == "sqrt_inverse":
-        weights = counts.rsqrt()
-    elif scheme == "power":
-        if power < 0:
-            raise ValueError(f"class_weights: power must be >= 0, got {power}")
-        weights = counts.pow(-power)
+    elif scheme in ("inverse", "sqrt_inverse", "power"):
+        if scheme == "power" and not 0 <= power < math.inf:  # written so that NaN fails too
+            raise ValueError(f"class_weights: power must be finite and >= 0, got {power}")
+        exponent = {"inverse": 1.0, "sqrt_inverse": 0.5}.get(scheme, power)
+        weights = _scaled_exp(-exponent * counts.log())
     elif scheme == "effective_number":
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"class_weights: beta must lie in [0, 1), got {beta}")
-        # 1 - beta**n as -expm1(n log beta) keeps its precision for beta close to 1 and small n.
-        log_beta = torch.tensor(beta, dtype=torch.float64).log()
-        weights = (1.0 - beta) / -torch.expm1(counts * log_beta)
+        if beta == 0.0:
+            weights = torch.ones_like(counts)  # (1 - 0) / (1 - 0 ** n) for n > 0
+        else:
+            # log(1 - beta**n) = log(-expm1(x)), x = n log beta, keeps its precision for beta close to 1 and small
+            # n; written as log(-x) + log(expm1(x) / x) it stays exact when x underflows to 0 (a tiny mass)
+            log_beta = math.log(beta)
+            x = counts * log_beta
+            ratio = torch.where(x == 0, 1.0, torch.expm1(x) / x)
+            weights = _scaled_exp(math.log1p(-beta) - counts.log() - math.log(-log_beta) - ratio.log())
     else:
         if explicit is None:
             raise ValueError("class_weights: scheme 'explicit' needs a list of weights, got None")
-        weights = torch.as_tensor(list(explicit) if not isinstance(explicit, Tensor) else explicit,
-                                  dtype=torch.float64).flatten()
+        try:
+            weights = torch.as_tensor(list(explicit) if not isinstance(explicit, Tensor) else explicit,
+                                      dtype=torch.float64).flatten()
+        except (TypeError, ValueError):
+            raise ValueError(f"class_weights: explicit weights must be numbers, got {list(explicit)[:10]}") from None
         if weights.shape != counts.shape:
             raise ValueError(
                 f"class_weights: expected {counts.numel()} explicit weights (one per class), got {weights.numel()}"
@@ -84,8 +94,16 @@ def class_weights(
         if not torch.isfinite(weights).all() or (weights < 0).any():
             raise ValueError(f"class_weights: explicit weights must be finite and >= 0, got {weights.tolist()}")
         if weights[present].sum() <= 0:
-            raise ValueError("class_weights: explicit weights are zero for every class with data")
+            raise ValueError(f"class_weights: explicit weights are zero for every class with data: expected a "
+                             f"weight > 0 for one, got {weights[present].tolist()[:10]}")
+        weights = weights / weights[present].amax()  # the mean of 1e308s would overflow
     return weights / weights[present].mean()
+
+
+def _scaled_exp(log_weights: Tensor) -> Tensor:
+    """``exp(log w - max log w)``: weights with the largest equal to 1 (absent classes, ``log w = inf``, excluded
+    by the callers' checks)."""
+    return (log_weights - log_weights.amax()).exp()
 
 
 def resolve_class_weights(

@@ -43,7 +43,8 @@ Every name, what it is (and which task may ask for it, see ``metric_names``):
     off_by_one      ``OffByOneAccuracy``
     group_sum_mae, group_sum_rmse, group_sum_rel  ``GroupSumError`` of the expected value (one shared state)
     group_sum_rps, group_sum_nll  ``GroupSumRPS`` / ``GroupSumNLL`` (need ``max_group_size``)
-    map, auroc      macro average precision / AUROC, binned at 100 thresholds (bounded memory)
+    map, auroc      macro average precision / AUROC, binned at 100 thresholds (bounded memory), over the labels
+                    where they are defined (a positive; AUROC also a negative) in the evaluated split
     f1              macro F1 at threshold 0.5
     top3_recall, top5_recall  ``MultilabelTopKRecall`` (macro)
 """
@@ -52,7 +53,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -71,6 +74,7 @@ from tailsweep.metrics.adapters import (
     SoftTargetAccuracy,
 )
 from tailsweep.metrics.group import GroupSumError, GroupSumNLL, GroupSumRPS
+from tailsweep.metrics.inputs import check_inputs
 from tailsweep.metrics.multilabel import MultilabelECE, MultilabelTopKRecall
 from tailsweep.metrics.ordinal import (
     AverageMAE,
@@ -103,6 +107,8 @@ _ORDINAL = frozenset({"ordinal"})
 _ORDERED = frozenset({"ordinal", "soft"})
 _CLASS = frozenset({"multiclass", "ordinal", "soft"})
 _LABELS = frozenset({"multilabel"})
+#: the targets each task's metrics take (``inputs.check_inputs``'s ``target_kind``)
+TARGET_KIND = {"multiclass": "class", "ordinal": "class", "soft": "class_or_soft", "multilabel": "multilabel"}
 
 
 def _group_distribution(cls: type) -> Factory:
@@ -189,6 +195,30 @@ DEFAULT_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+class TaskMetricCollection(MetricCollection):
+    """The ``MetricCollection`` that ``build_metric_collection`` returns: ``update(probs, target, group_id=...)``
+    first checks the inputs' types and shapes for the task once (a list or a NumPy array of label strings, or a
+    tensor of the wrong width, would otherwise reach each metric as an unrelated ``AttributeError`` or a
+    torchmetrics message without the values), then skips a batch of 0 rows (torchmetrics' accuracy, recall and
+    F1 fail on it with a reshape error; every metric is a sum over samples, which an empty batch leaves as it
+    is). No host sync: each metric still validates the values itself (``validate_args``)."""
+
+    def __init__(self, metrics: dict[str, Metric], *, task: str, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(metrics, **kwargs)
+        self.task = task
+        self.num_classes = num_classes
+
+    def update(self, probs: Tensor, target: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Update every metric with ``probs [B, C]``, ``target`` and (for group metrics) ``group_id``."""
+        group_id = kwargs.get("group_id")
+        check_inputs(f"{self.task} metrics {self.prefix or ''!r}", probs, target, self.num_classes,
+                     target_kind=TARGET_KIND[self.task], group_id=group_id, needs_group=group_id is not None,
+                     values=False)
+        if probs.shape[0] == 0:
+            return
+        super().update(probs, target, *args, **kwargs)
+
+
 def metric_names(task: str) -> tuple[str, ...]:
     """Every registry name usable for ``task``."""
     _check_task(task)
@@ -226,8 +256,8 @@ def build_metric_collection(
     max_group_size: int | None = None,
     max_groups: int | None = None,
     validate_args: bool = True,
-) -> MetricCollection:
-    """The metrics of ``task`` for ``stage`` as a ``MetricCollection`` keyed ``{prefix}{name}``.
+) -> TaskMetricCollection:
+    """The metrics of ``task`` for ``stage`` as a ``TaskMetricCollection`` keyed ``{prefix}{name}``.
 
     Args:
         task: ``multiclass``, ``ordinal``, ``soft`` or ``multilabel``.
@@ -249,7 +279,8 @@ def build_metric_collection(
             raise ValueError(f"build_metric_collection: names must be distinct, got {names}")
     options = MetricOptions(validate_args=validate_args, max_groups=max_groups, max_group_size=max_group_size)
     metrics = {name: build_metric(name, task, num_classes, options) for name in names}
-    return MetricCollection(metrics, prefix=f"{stage}/" if prefix is None else prefix, compute_groups=True)
+    return TaskMetricCollection(metrics, task=task, num_classes=num_classes,
+                                prefix=f"{stage}/" if prefix is None else prefix, compute_groups=True)
 
 
 def _check_task(task: str) -> None:

@@ -67,7 +67,7 @@ class _GroupKeyedSums(ClassMetric):
 
     def _add_rows(self, group_id: Tensor, rows: Tensor) -> None:
         if self.max_groups is not None:
-            getattr(self, self._table).index_add_(0, group_id, rows)
+            getattr(self, self._table).index_add_(0, group_id.long(), rows)
             return
         ids, chunks = getattr(self, self._ids), getattr(self, self._rows)
         ids.append(group_id.long())

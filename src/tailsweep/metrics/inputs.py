@@ -28,14 +28,16 @@ _Deferred = list[tuple[list[Tensor], Callable[[list[float]], str | None]]]
 
 
 def check_inputs(metric: str, probs: Tensor, target: Tensor, width: int, *, target_kind: str = "class",
-                 group_id: Tensor | None = None, needs_group: bool = False, max_groups: int | None = None) -> None:
+                 group_id: Tensor | None = None, needs_group: bool = False, max_groups: int | None = None,
+                 values: bool = True) -> None:
     """Validate one ``update``'s inputs; ``ValueError`` naming ``metric``, what it expected and what it got.
 
     ``target_kind``: ``class`` (integer labels ``[B]`` in ``0..width-1``), ``class_or_soft`` (those, or float rows
     ``[B, width]`` summing to 1), ``multilabel`` (``[B, width]`` in {1, 0, -1}; ``probs`` rows need not sum to 1).
     ``needs_group``: ``group_id`` must be an integer ``[B]`` (in ``0..max_groups-1`` when ``max_groups`` is set).
+    ``values=False`` checks types and shapes only (no host transfer).
     """
-    deferred: _Deferred = []
+    deferred: _Deferred | None = [] if values else None  # None: types and shapes only, no reductions computed
     _check_probabilities(metric, probs, width, target_kind != "multilabel", deferred)
     if target_kind == "multilabel":
         _check_multilabel_target(metric, target, probs, deferred)
@@ -59,13 +61,14 @@ def check_inputs(metric: str, probs: Tensor, target: Tensor, width: int, *, targ
             raise ValueError(message)
 
 
-def _check_probabilities(metric: str, probs: Tensor, width: int, rows_sum_to_one: bool, deferred: _Deferred) -> None:
+def _check_probabilities(metric: str, probs: Tensor, width: int, rows_sum_to_one: bool,
+                         deferred: _Deferred | None) -> None:
     if not isinstance(probs, Tensor) or not probs.is_floating_point():
         got = probs.dtype if isinstance(probs, Tensor) else type(probs).__name__
         raise ValueError(f"{metric}: expected floating-point probabilities, got {got}")
     if probs.ndim != 2 or probs.shape[1] != width:
         raise ValueError(f"{metric}: expected probs of shape (B, {width}), got {tuple(probs.shape)}")
-    if probs.numel() == 0:
+    if probs.numel() == 0 or deferred is None:
         return
 
     def verdict(found: list[float]) -> str | None:
@@ -83,14 +86,15 @@ def _check_probabilities(metric: str, probs: Tensor, width: int, rows_sum_to_one
     deferred.append((tensors, verdict))
 
 
-def _check_class_target(metric: str, target: Tensor, batch_size: int, num_classes: int, deferred: _Deferred) -> None:
+def _check_class_target(metric: str, target: Tensor, batch_size: int, num_classes: int,
+                        deferred: _Deferred | None) -> None:
     if not isinstance(target, Tensor) or target.dtype.is_floating_point or target.dtype.is_complex \
             or target.dtype == torch.bool:
         got = target.dtype if isinstance(target, Tensor) else type(target).__name__
         raise ValueError(f"{metric}: expected integer class labels, got dtype {got}")
     if target.shape != (batch_size,):
         raise ValueError(f"{metric}: expected target of shape ({batch_size},), got {tuple(target.shape)}")
-    if batch_size == 0:
+    if batch_size == 0 or deferred is None:
         return
 
     def verdict(found: list[float]) -> str | None:
@@ -102,11 +106,11 @@ def _check_class_target(metric: str, target: Tensor, batch_size: int, num_classe
     deferred.append(([target.min(), target.max()], verdict))
 
 
-def _check_multilabel_target(metric: str, target: Tensor, probs: Tensor, deferred: _Deferred) -> None:
+def _check_multilabel_target(metric: str, target: Tensor, probs: Tensor, deferred: _Deferred | None) -> None:
     if not isinstance(target, Tensor) or target.shape != probs.shape:
         got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
         raise ValueError(f"{metric}: expected target of shape {tuple(probs.shape)}, got {got}")
-    if target.numel() == 0:
+    if target.numel() == 0 or deferred is None:
         return
 
     def verdict(found: list[float]) -> str | None:
@@ -119,18 +123,18 @@ def _check_multilabel_target(metric: str, target: Tensor, probs: Tensor, deferre
 
 
 def _check_group_id(metric: str, group_id: Tensor | None, batch_size: int, max_groups: int | None,
-                    deferred: _Deferred) -> None:
+                    deferred: _Deferred | None) -> None:
     if group_id is None:
         raise ValueError(
-            f"{metric}: needs group_id (an integer tensor of shape ({batch_size},) naming each sample's group); "
-            "pass update(probs, target, group_id=...)"
+            f"{metric}: needs group_id (an integer tensor of shape ({batch_size},) naming each sample's group), got "
+            "None; pass update(probs, target, group_id=...)"
         )
     if not isinstance(group_id, Tensor) or group_id.dtype.is_floating_point or group_id.dtype == torch.bool:
         got = group_id.dtype if isinstance(group_id, Tensor) else type(group_id).__name__
         raise ValueError(f"{metric}: expected integer group_id, got {got}")
     if group_id.shape != (batch_size,):
         raise ValueError(f"{metric}: expected group_id of shape ({batch_size},), got {tuple(group_id.shape)}")
-    if max_groups is None or batch_size == 0:
+    if max_groups is None or batch_size == 0 or deferred is None:
         return
 
     def verdict(found: list[float]) -> str | None:

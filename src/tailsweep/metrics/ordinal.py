@@ -174,6 +174,7 @@ class _PerClassAbsoluteError(ClassMetric):
         if self.validate_args:
             check_inputs(type(self).__name__, probs, target, self.num_classes)
         error = (point_prediction(probs, self.decoding, self.class_values) - target.to(self.compute_dtype)).abs()
+        target = target.long()  # index_add_ takes int64 (or int32) indices, not uint8/int16 labels
         getattr(self, f"{self._prefix}_abs").index_add_(0, target, error)
         getattr(self, f"{self._prefix}_n").index_add_(0, target, torch.ones_like(error))
 
