@@ -70,6 +70,11 @@ def machine_description(accelerator: str = "cpu") -> str:
     return f"{text}; torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}"
 
 
+def load_average() -> str:
+    """The 1-minute load average (runnable processes; above the core count, the benchmark shared the CPU)."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+
+
 def counting_root(data_root: str | None, quick: bool, scratch: Path) -> Path:
     """The counting set to read: ``data_root`` if given, a tiny generated one for ``--quick``, else the project's.
 
@@ -130,11 +135,46 @@ def device_sync(device: torch.device | str) -> Callable[[], None]:
 
 
 class AllreduceLog:
-    """State of ``timed_allreduce_hook``: seconds each gradient-bucket allreduce was in flight, summed."""
+    """Communication time, summed: gradient-bucket allreduces in flight (``timed_allreduce_hook``) and blocking
+    ``torch.distributed`` calls made from Python (``timed_collectives``)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.calls = 0
+        self.blocking_seconds = 0.0
+        self.blocking_calls = 0
+
+
+#: Python-level collectives timed by ``timed_collectives`` (Lightning's per-step SIGTERM broadcast under DDP,
+#: ``sync_dist`` logging, torchmetrics' state sync).
+COLLECTIVES = ("broadcast", "all_reduce", "all_gather", "all_gather_object", "barrier")
+
+
+@contextmanager
+def timed_collectives(log: AllreduceLog) -> Iterator[None]:
+    """Time every ``torch.distributed`` collective called from Python (wall time: includes waiting for peers)."""
+    import torch.distributed as dist
+
+    saved = {name: getattr(dist, name) for name in COLLECTIVES}
+
+    def timed(function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                log.blocking_seconds += time.perf_counter() - start
+                log.blocking_calls += 1
+
+        return call
+
+    for name, function in saved.items():
+        setattr(dist, name, timed(function))
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(dist, name, function)
 
 
 def timed_allreduce_hook(state, bucket):  # no annotations: DDP checks them against the real classes
@@ -175,7 +215,7 @@ class StepPhases(Callback):
         self._marks: dict[str, float] = {}
         self._active = False
         self._last_end: float | None = None
-        self._comm_start = 0.0
+        self._comm_at_last_end = (0.0, 0.0)
 
     def attach(self, module: nn.Module) -> StepPhases:
         """Time the forward pass of ``module.backbone`` and ``module.head`` (call before ``fit``)."""
@@ -196,7 +236,6 @@ class StepPhases(Callback):
         self.sync()
         self._marks = {"start": time.perf_counter()}
         self._active = True
-        self._comm_start = self.comm.seconds if self.comm else 0.0
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         self._mark("backward_start")
@@ -222,12 +261,15 @@ class StepPhases(Callback):
                 "total": marks["end"] - self._last_end,
             }
             if self.comm is not None:
-                row["allreduce"] = self.comm.seconds - self._comm_start
+                row["allreduce"] = self.comm.seconds - self._comm_at_last_end[0]
+                row["collectives"] = self.comm.blocking_seconds - self._comm_at_last_end[1]
             self.rows.append(row)
         if self.after_step is not None:
             self.after_step(batch)
         self.sync()
         self._last_end = time.perf_counter()
+        if self.comm is not None:
+            self._comm_at_last_end = (self.comm.seconds, self.comm.blocking_seconds)
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:

@@ -47,6 +47,7 @@ from _harness import (
     compose_train,
     counting_root,
     device_sync,
+    load_average,
     machine_description,
     ms,
     quartiles,
@@ -204,6 +205,7 @@ def template_cfg(root: Path, output: Path, args: argparse.Namespace, variant: st
 
 def micro_costs(model: Any, batch: dict[str, Tensor], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
     """Seconds per call of the template's extra per-step pieces, each alone on a real batch (median of repeats)."""
+    model.to(batch["image"].device)  # Lightning hands the model back on the CPU after fit
     with torch.no_grad():
         outputs = model(batch["image"])
     target = batch["target"]
@@ -220,7 +222,8 @@ def micro_costs(model: Any, batch: dict[str, Tensor], repeats: int, sync: Callab
                                                                                                   target),
         "`train_metrics.update` with validate_args=False": lambda: unvalidated.update(probabilities, target),
     }
-    costs = {}
+    costs = {"`self.log(\"train/loss\", loss, prog_bar=True)` (inside a Lightning step)":
+             log_cost(target.shape[0], 5 if repeats < 100 else 20)}
     for name, piece in pieces.items():
         times = []
         for _ in range(repeats):
@@ -232,6 +235,36 @@ def micro_costs(model: Any, batch: dict[str, Tensor], repeats: int, sync: Callab
         costs[name] = quartiles(times)[1]
     model.train_metrics.reset()
     return costs
+
+
+class LogProbe(L.LightningModule):
+    """A linear model whose training step times ``self.log("train/loss", loss, prog_bar=True, batch_size=...)``."""
+
+    def __init__(self, batch_size: int, calls: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+        self.batch_size, self.calls = batch_size, calls
+        self.times: list[float] = []
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.layer(batch).pow(2).mean()
+        for _ in range(self.calls):
+            start = time.perf_counter()
+            self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size)
+            self.times.append(time.perf_counter() - start)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def log_cost(batch_size: int, steps: int) -> float:
+    """Median seconds of one ``self.log`` call as the template makes it, inside a Lightning training step."""
+    probe = LogProbe(batch_size, calls=10)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(probe, train_dataloaders=DataLoader(torch.randn(steps, 4), batch_size=1))
+    return quartiles(probe.times)[1]
 
 
 def count_syncs(cfg: DictConfig, datamodule: TailDataModule, batches: list[dict[str, Tensor]], steps: int,
@@ -276,6 +309,7 @@ def main() -> None:
     sync = device_sync(device)
     quiet_lightning()
 
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as scratch, threads(args.threads):
         root = counting_root(args.data_root, args.quick, Path(scratch))
         output = Path(scratch) / "runs"
@@ -299,7 +333,8 @@ def main() -> None:
         costs = micro_costs(template_model, batches[0], 20 if args.quick else 200, sync) if template_model else {}
 
     print(f"Command: {reproduce_command()}")
-    print(f"Machine: {machine_description(args.accelerator)}; torch threads {args.threads}")
+    print(f"Machine: {machine_description(args.accelerator)}; torch threads {args.threads}; load average "
+          f"{load_before} before, {load_average()} after")
     print(f"Batch {args.batch_size} x 3 x {datamodule.hparams.image_size}^2, TinyCNN width {args.width}, "
           f"{args.steps} timed steps per variant after {args.warmup} warm-up, alternated step by step with the "
           "bare loop\n")

@@ -20,12 +20,17 @@ dispatch (training_step call and DDP's pre-forward buffer broadcast), forward, l
 the default allreduce wrapped in a timer (``_harness.timed_allreduce_hook``), which sums per step the time each
 gradient bucket's allreduce was in flight, from launch to completion (on gloo; on NCCL only the launch is seen).
 That time overlaps the backward pass; what it adds to the step shows as the difference in ``backward``.
+Blocking collectives: ``torch.distributed`` calls made from Python during the step (``_harness.timed_collectives``),
+chiefly Lightning's per-step broadcast of a SIGTERM flag (and its ``.item()``) before fetching each batch under DDP;
+it counts in ``data`` and includes waiting for the slower rank. DDP's buffer broadcast (BatchNorm statistics, from
+rank 0 before each forward) is in ``dispatch``.
 samples/s = processes x batch / median step time; configurations alternate between repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -47,12 +52,14 @@ from _harness import (
     compose_train,
     counting_root,
     device_sync,
+    load_average,
     machine_description,
     ms,
     quartiles,
     quiet_lightning,
     reproduce_command,
     timed_allreduce_hook,
+    timed_collectives,
 )
 from tailsweep.data.datamodule import TailDataModule
 from tailsweep.utils.paths import project_root
@@ -100,6 +107,8 @@ def worker(args: argparse.Namespace) -> None:
     ]
     if args.accelerator == "gpu":
         overrides.append(f"trainer.precision={args.precision}")
+    if args.num_workers is not None:
+        overrides.append(f"data.num_workers={args.num_workers}")
     cfg = compose_train(Path(args.data_root), Path(args.output_dir), overrides)
     data_kwargs = {key: value for key, value in cfg.data.items() if key != "_target_"}
     datamodule = SameOrderDataModule(**data_kwargs)
@@ -114,7 +123,8 @@ def worker(args: argparse.Namespace) -> None:
     extra = [timer, TimedAllreduce(comm)] if comm else [timer]
     datamodule, model, trainer = build_template(cfg, datamodule=datamodule, extra_callbacks=extra, **strategy)
     timer.attach(model)
-    trainer.fit(model, datamodule=datamodule)
+    with timed_collectives(comm) if comm else contextlib.nullcontext():
+        trainer.fit(model, datamodule=datamodule)
     if trainer.global_rank != 0:
         return
     rows = [row for row in timer.rows if row["epoch"] == 1][args.warmup:]
@@ -131,6 +141,7 @@ def run_worker(args: argparse.Namespace, devices: int, num_threads: int, root: P
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--devices", str(devices),
                "--threads", str(num_threads), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--accelerator", args.accelerator, "--precision", args.precision,
+               *(["--num-workers", str(args.num_workers)] if args.num_workers is not None else []),
                "--data-root", str(root), "--output-dir", str(scratch / f"run_{index}"), "--out", str(out)]
     source = str(project_root() / "src")
     env = {**os.environ, "OMP_NUM_THREADS": str(num_threads), "PYTHONUNBUFFERED": "1",
@@ -152,9 +163,11 @@ def summarize(label: str, runs: list[dict], reference: float | None) -> tuple[st
     speedup = f"{rate / reference:.2f}" if reference else "1.00"
     phases = " | ".join(f"{quartiles([row[p] for row in rows])[1] * 1e3:.1f}" for p in PHASES)
     allreduce = quartiles([row.get("allreduce", 0.0) for row in rows])[1] * 1e3
+    collectives = quartiles([row.get("collectives", 0.0) for row in rows])[1] * 1e3
     cold_data = quartiles([row["data"] for row in cold])[1] * 1e3 if cold else float("nan")
     line = (f"| {label} | {global_batch} | {rate:.0f} ({min(per_run):.0f}-{max(per_run):.0f}) | {speedup} | "
-            f"{ms([row['total'] for row in rows])} | {phases} | {allreduce:.1f} | {cold_data:.1f} |")
+            f"{ms([row['total'] for row in rows])} | {phases} | {allreduce:.1f} | {collectives:.1f} | "
+            f"{cold_data:.1f} |")
     return line, rate
 
 
@@ -173,6 +186,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of the timed epoch")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration, alternating the order")
     parser.add_argument("--precision", default="32-true", help="trainer.precision on GPUs (e.g. bf16-mixed)")
+    parser.add_argument("--num-workers", type=int, default=None, help="data.num_workers (default: the config's, 0)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per worker")
     parser.add_argument("--quick", action="store_true", help="tiny data, batch 16, 3 steps, 1 and 2 processes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -193,6 +207,7 @@ def main() -> None:
     configs = [(d, t) for d in args.devices for t in args.threads
                if args.accelerator != "cpu" or args.oversubscribe or d * t <= cores]
 
+    load_before = load_average()
     results: dict[tuple[int, int], list[dict]] = {config: [] for config in configs}
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
@@ -209,13 +224,14 @@ def main() -> None:
 
     unit, units = ("GPU", "GPUs") if args.accelerator == "gpu" else ("process", "processes")
     print(f"Command: {reproduce_command()}")
-    print(f"Machine: {machine_description(args.accelerator)}")
+    print(f"Machine: {machine_description(args.accelerator)}; load average {load_before} before, "
+          f"{load_average()} after")
     print(f"Per-{unit} batch {args.batch_size} of 48x48, TinyCNN width 24, CE + train metrics + logging + default "
           f"callbacks; {args.steps} timed steps per run (epoch 2, after {args.warmup} dropped), {args.repeats} "
           "run(s) per configuration; ms are medians over all timed steps of all runs, on rank 0\n")
     print(f"| {units} x threads | global batch | samples/s, median of runs (min-max) | speedup | step ms, "
-          f"median [IQR] | {' | '.join(PHASES)} | allreduce in flight | cold data (epoch 1) |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * (len(PHASES) + 2))
+          f"median [IQR] | {' | '.join(PHASES)} | allreduce in flight | blocking collectives | cold data (epoch 1) |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * (len(PHASES) + 3))
     reference = None
     for (devices, num_threads), runs in results.items():
         label = f"{devices} x {num_threads}"
