@@ -104,8 +104,9 @@ class TailClassifier(L.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     def _metrics(self, stage: str, names: Sequence[str] | None, max_group_size: int | None) -> MetricCollection:
+        # train metrics score the module's own probabilities against labels the loss has checked: no re-validation
         return build_metric_collection(self.task, self.num_classes, stage=stage, names=names, prefix=f"{stage}/",
-                                       max_group_size=max_group_size)
+                                       max_group_size=max_group_size, validate_args=stage != "train")
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -125,7 +126,9 @@ class TailClassifier(L.LightningModule):
         outputs, loss = self._step(batch)
         if not torch.isfinite(loss):
             return self._on_nonfinite_loss(loss, batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=outputs.shape[0])
+        # prog_bar values are turned into Python floats every step (a host sync), so only when a bar shows them
+        show = self._trainer is not None and self.trainer.progress_bar_callback is not None
+        self.log("train/loss", loss, prog_bar=show, batch_size=outputs.shape[0])
         if len(self.train_metrics):
             with torch.no_grad():
                 self.train_metrics.update(self.loss.probabilities(outputs.detach()), batch["target"])
