@@ -1,9 +1,10 @@
 """torchmetrics' own metrics, adapted to the library's inputs rather than rewritten.
 
 * soft targets ``[B, C]`` become their top class for accuracy-like metrics (``SoftTargetAccuracy``);
-* multi-label targets may be float with -1 for unknown (what the datasets and losses use): they are checked
-  (``check_inputs``: shapes, probabilities in [0, 1], targets in {1, 0, -1}; a NaN target would otherwise become
-  int64's minimum in the cast) and cast to int64 for torchmetrics (``ignore_index=-1`` drops the unknowns); the
+* multi-label targets may be float with -1 for unknown (what the datasets and losses use): they are checked once
+  per update (``check_inputs``: shapes, probabilities in [0, 1], targets in {1, 0, -1}, one host transfer, in
+  place of torchmetrics' checks of each chunk; a NaN target would otherwise become int64's minimum in the cast)
+  and cast to int64 for torchmetrics (``ignore_index=-1`` drops the unknowns); the
   binned curves (``thresholds=T``) are updated in row chunks so that their ``[rows, L, T]`` temporary stays below
   ``CHUNK_ELEMENTS`` (1000 labels x 100 thresholds x 1024 rows would otherwise allocate ~800 MB per batch); a
   batch of 0 rows is skipped (torchmetrics' stat scores fail on it);
@@ -51,18 +52,22 @@ class _MultilabelTargetMixin:
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Update with ``preds [B, L]`` and ``target [B, L]`` in {1, 0, -1 unknown}, any numeric dtype."""
-        if self.validate_args:
+        validate = self.validate_args
+        if validate:
             check_inputs(type(self).__name__, preds, target, self.num_labels, target_kind="multilabel")
-        if preds.ndim == 2 and preds.shape[0] == 0:
+        if preds.shape[0] == 0:
             return
         target = target.long()
         thresholds = getattr(self, "thresholds", None)
-        if thresholds is None or preds.ndim != 2:
-            super().update(preds, target)  # type: ignore[misc]
-            return
-        rows = max(1, CHUNK_ELEMENTS // max(1, preds.shape[1] * len(thresholds)))
-        for preds_chunk, target_chunk in zip(preds.split(rows), target.split(rows), strict=True):
-            super().update(preds_chunk, target_chunk)  # type: ignore[misc]
+        rows = max(1, preds.shape[0]) if thresholds is None or preds.ndim != 2 \
+            else max(1, CHUNK_ELEMENTS // max(1, preds.shape[1] * len(thresholds)))
+        # checked above, once (one host transfer): torchmetrics' own checks would sync again for every chunk
+        self.validate_args = False
+        try:
+            for preds_chunk, target_chunk in zip(preds.split(rows), target.split(rows), strict=True):
+                super().update(preds_chunk, target_chunk)  # type: ignore[misc]
+        finally:
+            self.validate_args = validate
 
 
 class _DefinedLabelsMacro:
