@@ -13,8 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tailsweep.data.datamodule import TailDataModule
-
-from ._ddp import run_distributed
+from tests.helpers.ddp import run_distributed
 
 EPOCHS = (0, 1, 0)
 SAMPLERS = {"shuffle": {"scheme": "none"},
