@@ -195,7 +195,8 @@ def test_two_job_multirun_gives_two_finished_offline_runs(counting_root: Path, t
     # the child imports this checkout's tailsweep (a relative PYTHONPATH would not survive cwd=tmp_path)
     source = str(Path(tailsweep.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([source, *filter(None, [env.get("PYTHONPATH")])])
-    args = ["-m", "logger=wandb", "loss.label_smoothing=0.0,0.1", "debug=limit_batches", "trainer.max_epochs=1",
+    args = ["-m", "logger=wandb", "loss=ce", "loss.label_smoothing=0.0,0.1", "debug=limit_batches",
+            "trainer.max_epochs=1",
             f"paths.data_dir={counting_root.parent}", f"paths.log_dir={tmp_path / 'logs'}", "data.image_size=24",
             "data.batch_size=32", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false"]
@@ -231,3 +232,15 @@ def test_two_job_multirun_gives_two_finished_offline_runs(counting_root: Path, t
     rows, _ = summarize(sweep)
     assert [(row.label, row.status, row.n) for row in rows] == [
         ("loss.label_smoothing=0.0", "completed", 1), ("loss.label_smoothing=0.1", "completed", 1)]
+
+
+def test_a_resumed_run_directory_continues_its_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tailsweep.utils.wandb import RUN_ID_FILE, build_wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    first = build_wandb_logger(save_dir=str(tmp_path), project="t", name="job")
+    again = build_wandb_logger(save_dir=str(tmp_path), project="t", name="job")
+    other = build_wandb_logger(save_dir=str(tmp_path / "other"), project="t", name="job")
+    assert (tmp_path / RUN_ID_FILE).read_text().strip() == first.version == again.version
+    assert again._wandb_init.get("resume") == "allow"
+    assert other.version != first.version

@@ -10,6 +10,7 @@ from __future__ import annotations
 import netrc
 import os
 import sys
+import uuid
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,28 @@ def build_wandb_logger(*, name: str | None = None, group: str | None = None, tas
 
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         name = run_name(overrides, task_name)
+    if "id" not in kwargs and kwargs.get("save_dir"):
+        kwargs["id"], resumed = run_id_for(Path(kwargs["save_dir"]))
+        if resumed:
+            kwargs.setdefault("resume", "allow")
     return WandbLogger(name=name, group=group or sweep_group(task_name), **kwargs)
+
+
+RUN_ID_FILE = "wandb_run_id.txt"
+
+
+def run_id_for(run_dir: Path) -> tuple[str, bool]:
+    """The W&B run id of a run directory: the one saved there (a resume continues that run) or a new one, saved.
+
+    Returns ``(id, resumed)``. Written by rank 0 only (the logger exists only there).
+    """
+    path = run_dir / RUN_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip(), True
+    run_id = uuid.uuid4().hex[:8]  # W&B's own format: 8 characters of [a-z0-9]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id, False
 
 
 def finish_wandb_run(exit_code: int) -> None:
