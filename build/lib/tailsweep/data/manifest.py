@@ -1,0 +1,596 @@
+"""Read and validate a manifest (CSV, Parquet or a class-per-folder tree): one row per image.
+
+A manifest has an image path column (relative to the manifest) and the targets of its task:
+
+* ``multiclass`` / ``ordinal``: one column of class indices ``0..C-1`` or class names;
+* ``soft``: one column per class holding its probability (``label_columns``), rows summing to 1;
+* ``multilabel``: a block of multi-hot columns (``1`` positive, ``0`` negative, ``-1`` or empty unknown), or one
+  column listing the positive label names (``"collar|sleeve"``; empty = no positive, ``?name`` = unknown).
+
+Optional columns: ``group_id`` (rows of a group are summed by the group metrics; rows without a group get an
+id of their own), ``split`` (``train``/``val``/``test``; without it a seeded, group-aware stratified split is
+made) and a per-row sampling weight. The whole manifest is validated before training starts; every error is a
+``ManifestError`` naming the manifest, the row (the CSV line number, header = 1), the column and the value.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tailsweep.data.splits import SPLITS, assign_splits, row_strata
+from tailsweep.data.stats import TASKS
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+FORMATS = ("auto", "csv", "parquet", "folder")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file, the row and the value."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Validated manifest content, one entry per image.
+
+    Attributes:
+        source: the manifest file (or image folder).
+        task: the target kind (see ``stats.TASKS``).
+        num_classes: C classes, or L labels.
+        paths: absolute image paths.
+        targets: int64 ``[N]`` (multiclass/ordinal), float32 ``[N, C]`` rows summing to 1 (soft), int8
+            ``[N, L]`` with 1/0/-1 (multilabel).
+        group_ids: int64 ``[N]``; rows without a group have an id of their own.
+        splits: split name per row.
+        rows: row number of each entry in the source, for messages.
+        weights: optional float64 ``[N]`` per-row sampling weights.
+        class_names: names of the classes or labels, when known.
+    """
+
+    source: Path
+    task: str
+    num_classes: int
+    paths: tuple[str, ...]
+    targets: Tensor
+    group_ids: Tensor
+    splits: np.ndarray
+    rows: np.ndarray
+    weights: Tensor | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def select(self, split: str) -> Manifest:
+        """The rows of one split."""
+        keep = np.flatnonzero(self.splits == split)
+        index = torch.from_numpy(keep)
+        return replace(
+            self, paths=tuple(self.paths[i] for i in keep), targets=self.targets[index],
+            group_ids=self.group_ids[index], splits=self.splits[keep], rows=self.rows[keep],
+            weights=None if self.weights is None else self.weights[index],
+        )
+
+    def where(self, index: int) -> str:
+        """``manifest <source>, row <n>``: where entry ``index`` comes from, for messages."""
+        return f"manifest {self.source}, row {int(self.rows[index])}"
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def read_manifest(
+    path: str | Path,
+    *,
+    task: str = "multiclass",
+    num_classes: int | None = None,
+    class_names: Sequence[str] | str | None = None,
+    format: str = "auto",
+    path_column: str = "path",
+    label_column: str | None = "label",
+    label_columns: Sequence[str] | str | None = None,
+    label_delimiter: str = "|",
+    group_column: str | None = "group_id",
+    split_column: str | None = "split",
+    weight_column: str | None = None,
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    split_seed: int = 0,
+    soft_tolerance: float = 1e-3,
+    check_files: bool = True,
+) -> Manifest:
+    """Read a manifest file or image folder and validate every row.
+
+    Args:
+        path: a CSV or Parquet file, or a folder of ``<class>/<image>`` (optionally ``<split>/<class>/<image>``).
+        task: ``multiclass``, ``ordinal``, ``soft`` or ``multilabel``.
+        num_classes: C (or L); inferred from ``class_names``, ``label_columns`` or the folders when omitted,
+            checked against them when given.
+        class_names: the class (label) names in index order, or a text file with one name a line (relative
+            paths are relative to the manifest). Labels given as names are looked up here.
+        format: ``auto`` (by suffix; a directory is a folder tree), ``csv``, ``parquet`` or ``folder``.
+        path_column, label_column: the image path and the class / delimited-label-list column.
+        label_columns: the soft-probability or multi-hot columns: a list, or one glob pattern (``"attr_*"``)
+            matched against the header in its order.
+        label_delimiter: separator of label names in a list cell.
+        group_column, split_column: used when present in the header (``None``: ignored even then).
+        weight_column: per-row sampling weights (must exist when set).
+        split_fractions, split_seed: the stratified split made when there is no split column.
+        soft_tolerance: how far from 1 a soft row's sum may be before it is an error (rows are renormalised).
+        check_files: check that every image file exists and is readable.
+    """
+    if task not in TASKS:
+        raise ManifestError(f"manifest task must be one of {TASKS}, got {task!r}")
+    path = Path(path)
+    if format not in FORMATS:
+        raise ManifestError(f"manifest format must be one of {FORMATS}, got {format!r}")
+    if format == "folder" or (format == "auto" and path.is_dir()):
+        return read_image_folder(path, task=task, num_classes=num_classes, class_names=class_names,
+                                 split_fractions=split_fractions, split_seed=split_seed, check_files=check_files)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist")
+    table = _Table.read(path, "parquet" if format == "parquet" or path.suffix in (".parquet", ".pq") else "csv")
+    names = _load_class_names(class_names, path.parent)
+
+    paths = [str(p).strip() for p in table.column(path_column, "the image path column (data.path_column)")]
+    if not all(paths):
+        raise table.fail(paths.index(""), path_column, "must be an image path, got an empty cell")
+    base = str(path.parent)
+    image_paths = tuple(os.path.normpath(os.path.join(base, p)) for p in paths)
+    _check_unique_paths(table, image_paths, path_column)
+    targets, names, num_classes = _read_targets(table, task, num_classes, names, label_column, label_columns,
+                                                label_delimiter, soft_tolerance)
+    group_ids = _read_groups(table, group_column)
+    weights = None
+    if weight_column is not None:
+        weights = _read_weights(table, weight_column)
+    if split_column is not None and split_column in table.header:
+        splits = _read_splits(table, split_column)
+        _check_groups_within_splits(table, group_ids, splits, group_column)
+    else:
+        log.info("manifest %s has no %r column: seeded stratified split %s (seed %d)", path, split_column,
+                 list(split_fractions), split_seed)
+        splits = assign_splits(row_strata(task, targets), group_ids.numpy(), split_fractions, split_seed)
+    manifest = Manifest(path, task, num_classes, image_paths, targets, group_ids, splits, table.rows, weights,
+                        names)
+    if check_files:
+        check_image_files(manifest)
+    return manifest
+
+
+def read_image_folder(
+    root: str | Path,
+    *,
+    task: str = "multiclass",
+    num_classes: int | None = None,
+    class_names: Sequence[str] | str | None = None,
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    split_seed: int = 0,
+    check_files: bool = True,
+) -> Manifest:
+    """A class-per-folder tree: ``root/<class>/<image>``, or ``root/{train,val,test}/<class>/<image>``.
+
+    Classes are the folder names, sorted numerically when they are all integers (``2`` before ``10``, which
+    matters for ordinal classes) and alphabetically otherwise, unless ``class_names`` fixes the order. Without
+    split folders a seeded stratified split is made. Row numbers in messages count the images in sorted order.
+    """
+    root = Path(root)
+    if task not in ("multiclass", "ordinal"):
+        raise ManifestError(f"image folder {root}: a class-per-folder tree holds hard labels; task must be "
+                            f"multiclass or ordinal, got {task!r}")
+    if not root.is_dir():
+        raise ManifestError(f"image folder {root} does not exist")
+    top = sorted(p.name for p in root.iterdir() if p.is_dir())
+    split_dirs = [d for d in top if d in SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) != len(top):
+        raise ManifestError(f"image folder {root}: mixes split folders {split_dirs} with class folders "
+                            f"{sorted(set(top) - set(split_dirs))}")
+    parts = [(SPLIT_ALIASES[d], root / d) for d in split_dirs] if split_dirs else [(None, root)]
+    found = sorted({p.name for _, base in parts for p in base.iterdir() if p.is_dir()})
+    if not found:
+        raise ManifestError(f"image folder {root} has no class folders (expected {root}/<class>/<image>)")
+    names = _load_class_names(class_names, root)
+    if names is None:
+        names = tuple(sorted(found, key=int) if all(_is_int(n) for n in found) else found)
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise ManifestError(f"image folder {root}: folder(s) {unknown[:10]} are not among data.class_names "
+                            f"{list(names)[:20]}")
+    num_classes = _check_num_classes(num_classes, len(names), f"image folder {root}", "class folders/names")
+    index_of = {name: i for i, name in enumerate(names)}
+    paths, labels, splits = [], [], []
+    for split, base in parts:
+        for name in sorted(p.name for p in base.iterdir() if p.is_dir()):
+            for file in sorted((base / name).iterdir()):
+                if file.suffix.lower() in IMAGE_EXTENSIONS:
+                    paths.append(str(file))
+                    labels.append(index_of[name])
+                    splits.append(split)
+    if not paths:
+        raise ManifestError(f"image folder {root} holds no images with extension {IMAGE_EXTENSIONS}")
+    targets = torch.tensor(labels, dtype=torch.long)
+    group_ids = torch.arange(len(paths))
+    if split_dirs:
+        split_array = np.asarray(splits, dtype=object)
+    else:
+        split_array = assign_splits(np.asarray(labels), group_ids.numpy(), split_fractions, split_seed)
+    manifest = Manifest(root, task, num_classes, tuple(paths), targets, group_ids, split_array,
+                        np.arange(1, len(paths) + 1), None, tuple(names))
+    if check_files:
+        check_image_files(manifest)
+    return manifest
+
+
+def _check_unique_paths(table: _Table, paths: Sequence[str], column: str) -> None:
+    """Each image once: a path in two splits leaks the image from training into evaluation, and two rows of one
+    image (one label each) would teach the model that each row's other labels are absent."""
+    if len(set(paths)) == len(paths):
+        return
+    first: dict[str, int] = {}
+    for index, image in enumerate(paths):
+        if image in first:
+            raise ManifestError(
+                f"manifest {table.source}: {column} lists image {image} twice, rows {int(table.rows[first[image]])} "
+                f"and {int(table.rows[index])}; expected each image once. Give all labels of an image in one row "
+                f"(a label list or multi-hot columns; soft labels for several annotators) and repeat images "
+                f"through data.sampler or data.weight_column"
+            )
+        first[image] = index
+
+
+def check_image_files(manifest: Manifest) -> None:
+    """Every image file exists and is readable, else the first bad one is named with its row."""
+    for index, image in enumerate(manifest.paths):
+        if not os.path.isfile(image):
+            what = "is a directory, not an image file" if os.path.isdir(image) else "does not exist"
+            raise ManifestError(f"{manifest.where(index)}: image file {image} {what}")
+        if not os.access(image, os.R_OK):
+            raise ManifestError(f"{manifest.where(index)}: image file {image} is not readable (permissions)")
+
+
+# --------------------------------------------------------------------------------------------------- tables
+class _Table:
+    """Columns of a CSV or Parquet file as arrays of strings (missing = ``""``), with row numbers."""
+
+    def __init__(self, source: Path, header: list[str], columns: Callable[[str], np.ndarray], rows: np.ndarray):
+        self.source = source
+        self.header = header
+        self._columns = columns
+        self.rows = rows
+
+    @classmethod
+    def read(cls, path: Path, kind: str) -> _Table:
+        return cls._read_parquet(path) if kind == "parquet" else cls._read_csv(path)
+
+    @classmethod
+    def _read_csv(cls, path: Path) -> _Table:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise ManifestError(f"manifest {path} is empty (no header line)")
+                header = [h.strip() for h in header]
+                records, lines = [], []
+                start = reader.line_num + 1  # a quoted cell may span lines: a row is named by its first line
+                for record in reader:
+                    if record and len(record) != len(header):
+                        raise ManifestError(f"manifest {path}, row {start}: expected {len(header)} cells "
+                                            f"(one per header column), got {len(record)}")
+                    if record:
+                        records.append(record)
+                        lines.append(start)
+                    start = reader.line_num + 1
+            except UnicodeDecodeError as error:
+                raise ManifestError(
+                    f"manifest {path}: expected UTF-8 text (a CSV file), got byte {error.object[error.start]:#04x} "
+                    f"at byte offset {error.start} that is not UTF-8; save the CSV as UTF-8, or pass a Parquet file"
+                ) from None
+            except csv.Error as error:
+                raise ManifestError(f"manifest {path}, row {reader.line_num + 1}: expected CSV text, got a line "
+                                    f"the csv module cannot read ({error})") from None
+        if not records:
+            raise ManifestError(f"manifest {path} has a header but no rows")
+
+        def column(name: str) -> np.ndarray:
+            at = header.index(name)
+            out = np.empty(len(records), dtype=object)
+            out[:] = [record[at] for record in records]
+            return out
+
+        return cls(path, header, column, np.asarray(lines, dtype=np.int64))
+
+    @classmethod
+    def _read_parquet(cls, path: Path) -> _Table:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ManifestError(f"manifest {path}: reading Parquet needs pandas and pyarrow "
+                                "(pip install 'tailsweep[tables]'), or convert it to CSV") from None
+        frame = pd.read_parquet(path)
+        if len(frame) == 0:
+            raise ManifestError(f"manifest {path} has no rows")
+        header = [str(c) for c in frame.columns]
+
+        def column(name: str) -> np.ndarray:
+            series = frame[frame.columns[header.index(name)]]
+            text = series.astype(str).to_numpy(dtype=object)
+            text[series.isna().to_numpy()] = ""
+            return text
+
+        return cls(path, header, column, np.arange(1, len(frame) + 1))
+
+    def column(self, name: str, what: str) -> np.ndarray:
+        if name not in self.header:
+            raise ManifestError(f"manifest {self.source}: missing column {name!r} ({what}); found columns "
+                                f"{self.header[:30]}")
+        if self.header.count(name) > 1:
+            raise ManifestError(f"manifest {self.source}: expected one column named {name!r} ({what}), got "
+                                f"{self.header.count(name)} in the header; rename the others")
+        return self._columns(name)
+
+    def fail(self, index: int, column: str, message: str) -> ManifestError:
+        return ManifestError(f"manifest {self.source}, row {int(self.rows[index])}: {column} {message}")
+
+
+def _parse_column(
+    table: _Table, values: np.ndarray, column: str, parse: Callable[[str], object], expected: str
+) -> list[object]:
+    """Parse each distinct value once; the first bad row (in file order) is named with the expected form."""
+    unique, inverse = np.unique(values, return_inverse=True)
+    parsed: list[object] = []
+    bad_first: int | None = None
+    for k, text in enumerate(unique):
+        try:
+            parsed.append(parse(str(text).strip()))
+        except (ValueError, KeyError):
+            parsed.append(None)
+            first = int(np.argmax(inverse == k))
+            bad_first = first if bad_first is None else min(bad_first, first)
+    if bad_first is not None:
+        raise table.fail(bad_first, column, f"must be {expected}, got {values[bad_first]!r}")
+    out = np.empty(len(parsed), dtype=object)
+    out[:] = parsed
+    return out[inverse].tolist()
+
+
+def _to_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)  # "3.0" from a float column; "3.5" is not an integer
+        if not number.is_integer():
+            raise
+        return int(number)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_num_classes(given: int | None, found: int, where: str, what: str) -> int:
+    if given is not None and given != found:
+        raise ManifestError(f"{where}: data.num_classes={given} but the manifest defines {found} ({what})")
+    if found < 2 and what != "label columns":
+        raise ManifestError(f"{where}: need at least 2 classes, got {found} ({what})")
+    return found
+
+
+def _load_class_names(class_names: Sequence[str] | str | None, base: Path) -> tuple[str, ...] | None:
+    if class_names is None:
+        return None
+    if isinstance(class_names, str | os.PathLike):
+        file = Path(class_names) if Path(class_names).is_absolute() else base / class_names
+        if not file.is_file():
+            raise ManifestError(f"class names file {file} does not exist (data.class_names)")
+        names = tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
+    else:
+        names = tuple(str(n) for n in class_names)
+    duplicates = sorted({n for n in names if names.count(n) > 1}) if len(names) < 5000 else []
+    if len(set(names)) != len(names):
+        raise ManifestError(f"data.class_names has duplicates {duplicates[:10]}")
+    return names
+
+
+def _label_block(table: _Table, label_columns: Sequence[str] | str) -> list[str]:
+    if isinstance(label_columns, str):
+        columns = [h for h in table.header if fnmatch.fnmatchcase(h, label_columns)]
+        if not columns:
+            raise ManifestError(f"manifest {table.source}: no column matches data.label_columns="
+                                f"{label_columns!r}; found columns {table.header[:30]}")
+        return columns
+    columns = [str(c) for c in label_columns]
+    missing = [c for c in columns if c not in table.header]
+    if missing:
+        raise ManifestError(f"manifest {table.source}: missing label column(s) {missing[:20]}; found columns "
+                            f"{table.header[:30]}")
+    return columns
+
+
+def _read_targets(
+    table: _Table, task: str, num_classes: int | None, names: tuple[str, ...] | None, label_column: str | None,
+    label_columns: Sequence[str] | str | None, delimiter: str, soft_tolerance: float,
+) -> tuple[Tensor, tuple[str, ...] | None, int]:
+    where = f"manifest {table.source}"
+    if task in ("soft", "multilabel") and label_columns is not None:
+        columns = _label_block(table, label_columns)
+        if names is not None and len(names) != len(columns):
+            raise ManifestError(f"{where}: {len(columns)} label columns but {len(names)} data.class_names")
+        count = _check_num_classes(num_classes, len(columns), where, "label columns")
+        if task == "soft":
+            return _read_soft(table, columns, soft_tolerance), names or tuple(columns), count
+        return _read_multihot(table, columns), names or tuple(columns), count
+    if task == "soft":
+        raise ManifestError(f"{where}: soft targets need data.label_columns (one probability column per class)")
+    if label_column is None:
+        raise ManifestError(f"{where}: set data.label_column (or data.label_columns for a block of columns)")
+    values = table.column(label_column, "the label column (data.label_column)")
+    if task == "multilabel":
+        if names is None:
+            raise ManifestError(f"{where}: a list of label names in column {label_column!r} needs data.class_names "
+                                f"(a list or a file with one label name a line)")
+        count = _check_num_classes(num_classes, len(names), where, "data.class_names")
+        return _read_label_lists(table, values, label_column, names, delimiter), names, count
+    return _read_classes(table, values, label_column, num_classes, names)
+
+
+def _read_classes(
+    table: _Table, values: np.ndarray, column: str, num_classes: int | None, names: tuple[str, ...] | None
+) -> tuple[Tensor, tuple[str, ...] | None, int]:
+    where = f"manifest {table.source}"
+    if names is not None:
+        count = _check_num_classes(num_classes, len(names), where, "data.class_names")
+        stripped = {str(v).strip() for v in np.unique(values)}
+        if stripped & set(names):  # labels are names (any name present): every value must be one
+            index_of = {name: i for i, name in enumerate(names)}
+            labels = _parse_column(table, values, column, index_of.__getitem__,
+                                   f"a known label name (one of {list(names)[:20]})")
+            return torch.tensor(labels, dtype=torch.long), names, count
+    elif num_classes is None:
+        raise ManifestError(f"{where}: integer labels need data.num_classes (or data.class_names)")
+    else:
+        count = _check_num_classes(num_classes, num_classes, where, "data.num_classes")
+    expected = "an integer class index" if names is None else f"a known label name (one of {list(names)[:20]})"
+    parsed = _parse_column(table, values, column, _to_int, expected)
+    try:
+        labels = np.asarray(parsed, dtype=np.int64)
+        bad = np.flatnonzero((labels < 0) | (labels >= count)).tolist()
+    except OverflowError:  # beyond int64 ("1e19"): out of range like any other
+        labels, bad = None, [i for i, label in enumerate(parsed) if not 0 <= label < count]
+    if bad:
+        raise table.fail(bad[0], column, f"must lie in 0..{count - 1} (data.num_classes={count}), got {parsed[bad[0]]}")
+    return torch.from_numpy(labels), names, count
+
+
+def _read_soft(table: _Table, columns: list[str], tolerance: float) -> Tensor:
+    block = np.empty((len(table.rows), len(columns)), dtype=np.float64)
+    for j, name in enumerate(columns):
+        values = table.column(name, "a soft-label column")
+        try:
+            block[:, j] = values.astype(np.float64)
+        except ValueError:
+            _parse_column(table, values, name, float, "a probability (a number in [0, 1])")
+        bad = np.flatnonzero(~np.isfinite(block[:, j]) | (block[:, j] < 0) | (block[:, j] > 1 + tolerance))
+        if bad.size:
+            raise table.fail(int(bad[0]), name, f"must be a probability in [0, 1], got {values[bad[0]]!r}")
+    sums = block.sum(1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
+    if bad.size:
+        raise table.fail(int(bad[0]), f"soft targets ({columns[0]}..{columns[-1]})",
+                         f"must sum to 1 (within {tolerance}), got {sums[bad[0]]:.6g}")
+    return torch.from_numpy(block / sums[:, None]).to(torch.float32)
+
+
+_MULTIHOT = {"1": 1, "0": 0, "-1": -1, "": -1, "1.0": 1, "0.0": 0, "-1.0": -1, "true": 1, "false": 0,
+             "nan": -1, "none": -1}
+
+
+def _read_multihot(table: _Table, columns: list[str]) -> Tensor:
+    block = np.empty((len(table.rows), len(columns)), dtype=np.int8)
+    for j, name in enumerate(columns):
+        values = table.column(name, "a multi-hot label column")
+        block[:, j] = _parse_column(table, values, name, lambda t: _MULTIHOT[t.lower()],
+                                    "1 (positive), 0 (negative), or -1 / empty (unknown)")
+    return torch.from_numpy(block)
+
+
+def _read_label_lists(
+    table: _Table, values: np.ndarray, column: str, names: tuple[str, ...], delimiter: str
+) -> Tensor:
+    index_of = {name: i for i, name in enumerate(names)}
+    block = np.zeros((len(values), len(names)), dtype=np.int8)
+    for row, cell in enumerate(values):
+        for token in str(cell).split(delimiter):
+            token = token.strip()
+            if not token:
+                continue
+            state = 1
+            if token.startswith("?"):
+                token, state = token[1:].strip(), -1
+            label = index_of.get(token)
+            if label is None:
+                raise table.fail(row, column, f"holds unknown label name {token!r} (cell {cell!r}); known names "
+                                              f"start {list(names)[:10]}")
+            block[row, label] = state
+    return torch.from_numpy(block)
+
+
+def _read_groups(table: _Table, column: str | None) -> Tensor:
+    count = len(table.rows)
+    if column is None or column not in table.header:
+        return torch.arange(count)
+    values = np.char.strip(table.column(column, "the group column").astype(str))
+    missing = values == ""
+    present = values[~missing]
+    numbers = None
+    if all(_is_int(v) for v in np.unique(present)):
+        try:
+            numbers = present.astype(np.int64)
+        except OverflowError:  # integers beyond int64 are names like any other
+            numbers = None
+        if numbers is not None and numbers.size and int(numbers.max()) + int(missing.sum()) > np.iinfo(np.int64).max:
+            numbers = None  # no room above the largest id for the rows without a group
+    if numbers is not None:
+        ids = np.zeros(count, dtype=np.int64)
+        ids[~missing] = numbers
+    else:  # string group names: numbered in order of first appearance
+        _, first, codes = np.unique(present, return_index=True, return_inverse=True)
+        rank = np.empty_like(first)
+        rank[np.argsort(first)] = np.arange(first.size)
+        ids = np.zeros(count, dtype=np.int64)
+        ids[~missing] = rank[codes]
+    if missing.any():  # rows without a group: fresh ids above every given one
+        start = int(ids[~missing].max()) + 1 if (~missing).any() else 0
+        ids[missing] = start + np.arange(int(missing.sum()))
+    return torch.from_numpy(ids)
+
+
+def _read_splits(table: _Table, column: str) -> np.ndarray:
+    values = table.column(column, "the split column")
+    parsed = _parse_column(table, values, column, lambda t: SPLIT_ALIASES[t.lower()], f"one of {SPLITS}")
+    out = np.empty(len(parsed), dtype=object)
+    out[:] = parsed
+    return out
+
+
+def _read_weights(table: _Table, column: str) -> Tensor:
+    values = table.column(column, "the sampling weight column (data.weight_column)")
+    weights = np.asarray(_parse_column(table, values, column, float, "a number"), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise table.fail(int(bad[0]), column, f"must be a finite weight >= 0, got {values[bad[0]]!r}")
+    if not (weights > 0).any():
+        raise ManifestError(f"manifest {table.source}: column {column!r} (data.weight_column): expected a weight > 0 "
+                            f"in some row, got 0 in every row")
+    return torch.from_numpy(weights)
+
+
+def _check_groups_within_splits(table: _Table, group_ids: Tensor, splits: np.ndarray, column: str | None) -> None:
+    _, codes = np.unique(splits.astype(str), return_inverse=True)
+    groups = group_ids.numpy()
+    order = np.lexsort((codes, groups))
+    g, c = groups[order], codes[order]
+    straddle = np.flatnonzero((g[1:] == g[:-1]) & (c[1:] != c[:-1]))
+    if straddle.size:
+        group = g[straddle[0]]
+        members = np.flatnonzero(groups == group)
+        rows = [int(table.rows[i]) for i in members[:8]]
+        raise ManifestError(
+            f"manifest {table.source}: group {group} ({column}) straddles splits "
+            f"{sorted(set(splits[members].tolist()))} (rows {rows}); a group must lie in one split, or its "
+            f"images leak between training and evaluation"
+        )

@@ -1,0 +1,78 @@
+"""``tailsweep-eval``: evaluate a checkpoint on one split and write the metrics to the run directory.
+
+When the checkpoint lies in a tailsweep run directory (``<run>/checkpoints/*.ckpt``), the run's own
+``data``, ``model`` and ``loss`` configs (``<run>/.hydra/config.yaml``) are used, so evaluation rebuilds exactly
+the trained model; pass ``use_train_config=false`` to take them from the command line instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tailsweep.models.build import build_model
+from tailsweep.utils.paths import config_dir, register_resolvers
+from tailsweep.utils.runtime import (
+    METRICS_FILE,
+    instantiate_list,
+    metric_value,
+    output_dir,
+    print_metrics_table,
+    run_task,
+    to_float_dict,
+    write_json,
+)
+
+register_resolvers()
+EVAL_SPLITS = ("val", "test")
+
+
+def training_config(checkpoint: Path) -> DictConfig | None:
+    """The Hydra config saved by the run that wrote ``checkpoint``, if there is one."""
+    for parent in checkpoint.resolve().parents[:3]:
+        saved = parent / ".hydra" / "config.yaml"
+        if saved.is_file():
+            return OmegaConf.load(saved)  # type: ignore[return-value]
+    return None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Rebuild the model, load the checkpoint, evaluate ``cfg.split``; returns the metrics."""
+    if not cfg.get("ckpt_path"):
+        raise ValueError("tailsweep-eval needs ckpt_path=<path to a .ckpt file>")
+    checkpoint = Path(cfg.ckpt_path)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"tailsweep-eval: checkpoint {checkpoint} does not exist")
+    if cfg.split not in EVAL_SPLITS:
+        raise ValueError(f"tailsweep-eval: split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
+    saved = training_config(checkpoint) if cfg.get("use_train_config", True) else None
+    if saved is not None:
+        with open_dict(cfg):
+            for key in ("data", "model", "loss"):
+                cfg[key] = saved[key]
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule.setup("test")
+    model = build_model(cfg, datamodule)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False)
+    run = trainer.validate if cfg.split == "val" else trainer.test
+    run(model, datamodule=datamodule, ckpt_path=str(checkpoint), weights_only=False)
+    metrics = to_float_dict(trainer.callback_metrics)
+    write_json(output_dir() / METRICS_FILE, {"status": "completed", "checkpoint": str(checkpoint),
+                                             "split": cfg.split, "metrics": metrics})
+    print_metrics_table(metrics, f"{cfg.split} metrics of {checkpoint.name}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_task(evaluate, cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

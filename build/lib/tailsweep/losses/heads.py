@@ -1,0 +1,70 @@
+"""Heads that some losses need instead of a plain ``nn.Linear`` (built through ``TailLoss.make_head``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CoralHead(nn.Module):
+    """CORAL head: one shared weight vector and C-1 biases, ``z_k = w.x + b_k`` (Cao, Mirjalili & Raschka 2020,
+    "Rank consistent ordinal regression for neural networks"). Outputs ``[B, C-1]`` logits of ``P(y > k)``.
+
+    Biases start descending in ``(0, 1]`` as in coral-pytorch's ``CoralLayer(preinit_bias=True)``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"CoralHead: expected num_classes >= 2, got {num_classes}")
+        self.weight = nn.Linear(in_features, 1, bias=False)
+        self.bias = nn.Parameter(torch.arange(num_classes - 1, 0, -1, dtype=torch.float32) / (num_classes - 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.weight(features) + self.bias
+
+
+class CumulativeLinkHead(nn.Module):
+    """Cumulative link (proportional odds) head: a 1-output projection ``eta = w.x`` and ordered cutpoints
+    ``theta_0 < ... < theta_{C-2}``; outputs the C-1 cumulative logits ``theta_k - eta`` so that
+    ``P(y <= k | x) = sigmoid(theta_k - eta)`` (McCullagh 1980, "Regression models for ordinal data").
+
+    The cutpoints are ordered by construction: ``theta_k = theta_0 + sum_{j<k} softplus(delta_j)``. They start at
+    the logistic quantiles ``logit((k+1)/C)``, so an untrained head predicts uniform class probabilities.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"CumulativeLinkHead: expected num_classes >= 2, got {num_classes}")
+        self.projection = nn.Linear(in_features, 1, bias=False)
+        quantiles = torch.logit(torch.arange(1, num_classes, dtype=torch.float64) / num_classes)
+        gaps = quantiles.diff()
+        self.first_cutpoint = nn.Parameter(quantiles[:1].float())
+        # inverse softplus: log(expm1(g)), so that softplus(delta) == gap
+        self.log_gaps = nn.Parameter(torch.log(torch.expm1(gaps)).float())
+
+    @property
+    def cutpoints(self) -> Tensor:
+        """The ordered cutpoints ``[C-1]``."""
+        increments = F.softplus(self.log_gaps)
+        return torch.cat([self.first_cutpoint, self.first_cutpoint + increments.cumsum(0)])
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.cutpoints - self.projection(features)
+
+
+class CosineHead(nn.Module):
+    """Cosine-similarity head ``z_c = cos(x, w_c)`` in ``[-1, 1]`` (the ``NormedLinear`` of Cao et al. 2019's
+    LDAM code); the loss multiplies by its scale ``s`` before the softmax."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).t()

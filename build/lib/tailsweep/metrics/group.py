@@ -1,0 +1,278 @@
+"""Metrics of a sum over a group of samples (seed 000: eight images whose summed count the user cares about).
+
+A group is named by a ``group_id`` per sample, never by its position in a batch, so members may arrive in any
+order, in different batches and on different DDP ranks. The states are per-group sums keyed on the id:
+
+* ``max_groups=G`` known: a ``[G, width]`` table (ids in ``0..G-1``) summed across ranks; no host sync.
+* ``max_groups=None``: list states of (ids, rows), concatenated across ranks and coalesced (``torch.unique`` +
+  ``index_add``) once the rows added since the last coalescing outnumber the distinct groups (and 8 MiB): memory
+  stays within twice the number of groups (plus that slack), not the number of samples, and each row is
+  coalesced a bounded number of times on average; coalescing syncs with the host, on a small share of updates.
+
+Every quantity summed per group (point predictions, labels, members, log-characteristic functions) is additive, so
+the distributed result equals the single-process one up to float64 rounding of the order of the additions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from tailsweep.metrics.base import DECODINGS, STATE_DTYPE, ClassMetric, point_prediction
+from tailsweep.metrics.inputs import check_choice, check_inputs, check_positive_int
+
+#: Un-coalesced values (rows x width) always tolerated before coalescing (8 MiB of float64).
+COALESCE_MIN_ELEMENTS = 1 << 20
+#: Groups turned into distributions at once in ``GroupSumRPS.compute`` (bounds the memory of the inverse FFT).
+COMPUTE_CHUNK_GROUPS = 4096
+GROUP_SUM_STATISTICS = ("mae", "rmse", "rel")
+
+
+def coalesce_groups(ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum the ``rows [N, W]`` that share an id: distinct ``ids [G]`` (sorted) and their summed rows ``[G, W]``."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    return unique, rows.new_zeros(unique.shape[0], rows.shape[1]).index_add_(0, inverse, rows)
+
+
+class _GroupKeyedSums(ClassMetric):
+    """Per-group sums of ``width`` additive quantities, the member count last (see the module docstring)."""
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
+
+    def __init__(self, num_classes: int, *, width: int, state_prefix: str, max_groups: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(num_classes, **kwargs)
+        if max_groups is not None:
+            check_positive_int(type(self).__name__, "max_groups", max_groups)
+        self.max_groups = max_groups
+        self._width = width
+        self._table = f"{state_prefix}_table"
+        self._ids = f"{state_prefix}_ids"
+        self._rows = f"{state_prefix}_rows"
+        if max_groups is None:
+            self.add_state(self._ids, [], dist_reduce_fx="cat")
+            self.add_state(self._rows, [], dist_reduce_fx="cat")
+        else:
+            self.add_state(self._table, torch.zeros(max_groups, width, dtype=STATE_DTYPE), dist_reduce_fx="sum")
+
+    def _check(self, probs: Tensor, target: Tensor, group_id: Tensor | None) -> None:
+        check_inputs(type(self).__name__, probs, target, self.num_classes, group_id=group_id, needs_group=True,
+                     max_groups=self.max_groups)
+
+    def _add_rows(self, group_id: Tensor, rows: Tensor) -> None:
+        if self.max_groups is not None:
+            getattr(self, self._table).index_add_(0, group_id.long(), rows)
+            return
+        ids, chunks = getattr(self, self._ids), getattr(self, self._rows)
+        ids.append(group_id.long())
+        chunks.append(rows)
+        pending = sum(t.shape[0] for t in ids[1:])
+        if pending > max(ids[0].shape[0], COALESCE_MIN_ELEMENTS // self._width):
+            unique, summed = coalesce_groups(torch.cat(ids), torch.cat(chunks))
+            setattr(self, self._ids, [unique])
+            setattr(self, self._rows, [summed])
+
+    def group_rows(self) -> Tensor:
+        """Summed rows ``[G, width]`` of the groups seen so far (after DDP sync inside ``compute``)."""
+        if self.max_groups is not None:
+            table = getattr(self, self._table)
+            return table[table[:, -1] > 0]
+        ids, rows = getattr(self, self._ids), getattr(self, self._rows)
+        if isinstance(ids, list):  # not synced: a list of chunks (a tensor after DDP sync)
+            if not ids:
+                return torch.zeros(0, self._width, dtype=self.compute_dtype, device=self.device)
+            ids, rows = torch.cat(ids), torch.cat(rows)
+        return coalesce_groups(ids, rows)[1]
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any = None) -> None:
+        # A rank without data must still send (ids, rows) of the right dtype and width to the all-gather.
+        if self.max_groups is None and not getattr(self, self._ids):
+            setattr(self, self._ids, [torch.zeros(0, dtype=torch.long, device=self.device)])
+            setattr(self, self._rows, [torch.zeros(0, self._width, dtype=self.compute_dtype, device=self.device)])
+        super()._sync_dist(dist_sync_fn, process_group=process_group)
+
+
+class GroupSumError(_GroupKeyedSums):
+    r"""Error of a group's summed prediction: per group, the sum of the members' point predictions against the sum
+    of their labels, averaged over groups.
+
+    .. math:: e_g = \sum_{n\in g}\hat y_n - \sum_{n\in g} y_n, \qquad
+        \mathrm{MAE} = \frac{1}{G}\sum_g |e_g|,\quad \mathrm{RMSE} = \sqrt{\frac{1}{G}\sum_g e_g^2},\quad
+        \mathrm{rel} = \frac{\sum_g |e_g|}{\sum_g \sum_{n\in g} y_n}
+
+    ``statistic`` picks the value ``compute`` returns (``mae``, ``rmse`` or ``rel``, the weighted absolute
+    percentage error of the sums, defined even when a group's sum is 0); the three share their states, so a
+    ``MetricCollection`` updates them once. ``decoding`` is ``expected`` by default: the expected value is the point
+    prediction whose group sum is the expected sum (linearity of expectation). This is the quantity seed 000 asks
+    for; see Hyndman and Koehler, 2006, "Another look at measures of forecast accuracy", for the error measures.
+
+    Args:
+        num_classes: C, the classes ``0..C-1`` are the counts.
+        statistic: ``mae``, ``rmse`` or ``rel``.
+        decoding: ``expected``, ``argmax`` or ``median`` (see ``tailsweep.metrics.base``).
+        max_groups: when known, ids lie in ``0..max_groups-1`` and a fixed table replaces the keyed lists.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        >>> metric = GroupSumError(num_classes=3)
+        >>> metric.update(probs[:3], torch.tensor([1, 2, 0]), group_id=torch.tensor([7, 7, 3]))
+        >>> metric.update(probs[3:], torch.tensor([2]), group_id=torch.tensor([3]))
+        >>> metric.compute()  # group 7: 2.5 vs 3, group 3: 1 vs 2
+        tensor(0.7500, dtype=torch.float64)
+    """
+
+    def __init__(self, num_classes: int, *, statistic: str = "mae", decoding: str = "expected",
+                 max_groups: int | None = None, **kwargs: Any) -> None:
+        check_choice(type(self).__name__, "statistic", statistic, GROUP_SUM_STATISTICS)
+        check_choice(type(self).__name__, "decoding", decoding, DECODINGS)
+        super().__init__(num_classes, width=3, state_prefix=f"groupsum_{decoding}", max_groups=max_groups,
+                         **kwargs)
+        self.statistic = statistic
+        self.decoding = decoding
+
+    def update(self, probs: Tensor, target: Tensor, group_id: Tensor | None = None) -> None:
+        """Add the point predictions of ``probs [B, C]`` and the labels ``[B]`` to the sums of their groups."""
+        if self.validate_args:
+            self._check(probs, target, group_id)
+        predicted = point_prediction(probs, self.decoding, self.class_values)
+        rows = torch.stack([predicted, target.to(predicted.dtype), torch.ones_like(predicted)], dim=1)
+        self._add_rows(group_id, rows)
+
+    def compute(self) -> Tensor:
+        """MAE, RMSE or relative error of the group sums (NaN before any update)."""
+        groups = self.group_rows()
+        error = groups[:, 0] - groups[:, 1]
+        if self.statistic == "mae":
+            return error.abs().mean()
+        if self.statistic == "rmse":
+            return error.square().mean().sqrt()
+        return error.abs().sum() / groups[:, 1].sum()
+
+
+def sum_distribution_from_log_cf(log_abs: Tensor, angle: Tensor, support: int) -> Tensor:
+    """The pmf ``[G, support]`` of a sum from the summed ``log|phi|`` and ``arg(phi)`` of its members' DFTs."""
+    spectrum = torch.polar(log_abs.exp(), angle)
+    pmf = torch.fft.irfft(spectrum, n=support, dim=1).clamp_min(0.0)
+    return pmf / pmf.sum(dim=1, keepdim=True)
+
+
+class _GroupSumDistribution(_GroupKeyedSums):
+    """Per group: the summed log-modulus and argument of the members' discrete Fourier transforms, the true sum
+    and the member count (the product of characteristic functions is the transform of the convolution)."""
+
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, *, max_group_size: int, max_groups: int | None = None,
+                 eps: float = 1e-12, **kwargs: Any) -> None:
+        check_positive_int(type(self).__name__, "max_group_size", max_group_size)
+        support = max_group_size * (num_classes - 1) + 1 if isinstance(num_classes, int) else 1
+        frequencies = support // 2 + 1
+        super().__init__(num_classes, width=2 * frequencies + 2, state_prefix=f"groupdist_{max_group_size}",
+                         max_groups=max_groups, **kwargs)
+        self.max_group_size = max_group_size
+        self.support = support
+        self.eps = eps
+        self._frequencies = frequencies
+        phase = (2.0 * math.pi / support) * torch.outer(
+            torch.arange(num_classes, dtype=STATE_DTYPE), torch.arange(frequencies, dtype=STATE_DTYPE)
+        )
+        self.register_buffer("dft_cos", phase.cos(), persistent=False)
+        self.register_buffer("dft_sin", -phase.sin(), persistent=False)
+
+    def update(self, probs: Tensor, target: Tensor, group_id: Tensor | None = None) -> None:
+        """Add the log-DFT of each member's distribution ``probs [B, C]`` and its label ``[B]`` to its group."""
+        if self.validate_args:
+            self._check(probs, target, group_id)
+        dtype = self.compute_dtype
+        probs = probs.to(dtype)
+        real, imag = probs @ self.dft_cos, probs @ self.dft_sin
+        log_abs = 0.5 * (real.square() + imag.square()).clamp_min(torch.finfo(dtype).tiny).log()
+        label = target.to(dtype).unsqueeze(1)
+        rows = torch.cat([log_abs, torch.atan2(imag, real), label, torch.ones_like(label)], dim=1)
+        self._add_rows(group_id, rows)
+
+    def _scores(self) -> tuple[Tensor, Tensor]:
+        """Per group: RPS and NLL of the predicted distribution of the sum at the true sum."""
+        groups = self.group_rows()
+        largest = groups[:, -1].max() if groups.shape[0] else groups.new_zeros(())
+        if float(largest) > self.max_group_size:
+            raise ValueError(
+                f"{type(self).__name__}: a group has {int(largest)} members, more than max_group_size="
+                f"{self.max_group_size}; raise max_group_size (it sizes the support of the sum)"
+            )
+        f = self._frequencies
+        rps, nll = [], []
+        positions = torch.arange(self.support, device=groups.device)
+        for chunk in groups.split(COMPUTE_CHUNK_GROUPS) if groups.shape[0] else ():
+            pmf = sum_distribution_from_log_cf(chunk[:, :f], chunk[:, f:2 * f], self.support)
+            true_sum = chunk[:, -2].round().long()
+            step = (positions >= true_sum.unsqueeze(1)).to(pmf.dtype)
+            rps.append((pmf.cumsum(dim=1) - step)[:, :-1].square().sum(dim=1))
+            nll.append(-pmf.gather(1, true_sum.unsqueeze(1)).squeeze(1).clamp_min(self.eps).log())
+        if not rps:
+            return groups.new_zeros(0), groups.new_zeros(0)
+        return torch.cat(rps), torch.cat(nll)
+
+
+class GroupSumRPS(_GroupSumDistribution):
+    r"""Ranked probability score of a group's predicted **sum** distribution against the true sum.
+
+    The members are independent given the images, so the distribution of the sum ``S_g = sum_{n in g} Y_n`` is the
+    convolution of the members' predicted distributions. It is computed exactly (to float64 round-off ~1e-15) with
+    the discrete Fourier transform over the support ``0..max_group_size*(C-1)``: each member adds ``log|phi|`` and
+    ``arg(phi)`` of its distribution's transform to its group (sums, so any order, batch and rank give the same
+    result), and ``compute`` inverts the product.
+
+    .. math:: P(S_g = s) = \big(p_{n_1} * p_{n_2} * \cdots\big)(s), \qquad
+        \mathrm{RPS}_g = \sum_{k}\big(F_{S_g}(k) - 1[k \ge s_g]\big)^2, \qquad
+        \text{value} = \frac{1}{G}\sum_g \mathrm{RPS}_g
+
+    For a point-mass forecast ``RPS_g`` is ``|s_hat - s_g|``, so it reads as a distribution-aware group-sum MAE
+    (Epstein, 1969, for RPS; the sum of discrete random variables, e.g. Feller, 1968, ch. XI, for the convolution).
+
+    Args:
+        num_classes: C.
+        max_group_size: most members a group can have (e.g. 8); sizes the support, ``compute`` raises past it.
+        max_groups: when known, ids lie in ``0..max_groups-1`` and a fixed table replaces the keyed lists.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+        >>> metric = GroupSumRPS(num_classes=2, max_group_size=2)
+        >>> metric.update(probs, torch.tensor([1, 1]), group_id=torch.tensor([0, 0]))
+        >>> metric.compute()  # sum ~ (1/4, 1/2, 1/4), true sum 2: (1/4)^2 + (3/4)^2
+        tensor(0.6250, dtype=torch.float64)
+    """
+
+    def compute(self) -> Tensor:
+        """Mean over groups of the RPS of the sum distribution (NaN before any update)."""
+        return self._scores()[0].mean()
+
+
+class GroupSumNLL(_GroupSumDistribution):
+    r"""Negative log-likelihood of the true group sum under the predicted sum distribution (see
+    :class:`GroupSumRPS`, with which it shares its states and update).
+
+    .. math:: \mathrm{NLL} = -\frac{1}{G}\sum_g \log \max\big(P(S_g = s_g), \varepsilon\big)
+
+    ``eps`` defaults to 1e-12: the inverse FFT resolves probabilities down to ~1e-15 of the largest.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+        >>> metric = GroupSumNLL(num_classes=2, max_group_size=2)
+        >>> metric.update(probs, torch.tensor([1, 1]), group_id=torch.tensor([0, 0]))
+        >>> metric.compute()  # -log(1/4)
+        tensor(1.3863, dtype=torch.float64)
+    """
+
+    def compute(self) -> Tensor:
+        """Mean over groups of the NLL of the true sum (NaN before any update)."""
+        return self._scores()[1].mean()

@@ -1,0 +1,22 @@
+"""Build the LightningModule from config and the datamodule: the one place data statistics reach the model."""
+
+from __future__ import annotations
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tailsweep.models.calibration import sampling_shift
+
+
+def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+    """Instantiate ``cfg.loss`` and ``cfg.model`` with the training split's statistics and sampler shift.
+
+    ``datamodule.setup()`` must have run (it validates the data and computes the statistics).
+    """
+    statistics = datamodule.statistics
+    weights = getattr(datamodule, "train_sample_weights", None)
+    shift = None
+    if weights is not None:
+        shift = sampling_shift(statistics, weights, datamodule.split("train").targets)
+    return instantiate(cfg.model, loss=instantiate(cfg.loss), statistics=statistics, sample_shift=shift)

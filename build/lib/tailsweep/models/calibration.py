@@ -1,0 +1,107 @@
+"""Prior correction: undo what class weights and weighted sampling do to the predicted probabilities.
+
+Training on a re-weighted or re-sampled distribution moves the optimum of a proper loss from p(y|x) to
+``p_fit(y|x) ∝ p(y|x) · q(y) / pi(y)`` (Saerens et al., 2002, "Adjusting the outputs of a classifier to new
+a priori probabilities"), where ``q`` is the effective training prior and ``pi`` the data's. Seed 001's comment —
+weighting destroys calibration — is this shift. The correction is Bayes' rule in log space:
+
+    softmax tasks:   log p'(y|x) = log p_fit(y|x) - s_y + t_y   (then renormalised)
+    sigmoid labels:  logit p'_l(x) = logit p_fit,l(x) - s_l + t_l
+
+with ``s`` the shift training caused (the loss's ``prior_shift()``, e.g. ``log w_y`` for class-weighted CE or
+``log pos_weight`` for BCE, plus ``log q/pi`` of the sampler) and ``t`` an optional move to another target prior
+(``uniform``: the balanced posterior). The same formula holds for every parametrization (softmax, CORAL, CORN,
+cumulative link), since it acts on class probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tailsweep.data.stats import DatasetStatistics
+
+TARGET_PRIORS = ("train", "uniform")
+
+
+def sampling_shift(statistics: DatasetStatistics, sample_weights: Tensor, targets: Tensor) -> Tensor:
+    """Log-space shift caused by drawing training rows with probability ∝ ``sample_weights``.
+
+    Softmax tasks: ``log q_y - log pi_y`` with ``q`` the class distribution under the sampler. Multi-label:
+    ``logit q_l - logit pi_l`` with ``q_l`` the positive rate of label ``l`` under the sampler (unknowns ignored).
+    """
+    weights = sample_weights.to(torch.float64)
+    tiny = torch.finfo(torch.float64).tiny
+    if statistics.task == "multilabel":
+        known = (targets >= 0).to(torch.float64)
+        positive = (targets == 1).to(torch.float64)
+        q = (weights[:, None] * positive).sum(0) / (weights[:, None] * known).sum(0).clamp_min(tiny)
+        pi = statistics.class_prior
+        return _logit(q) - _logit(pi)
+    if statistics.task == "soft":
+        mass = (weights[:, None] * targets.to(torch.float64)).sum(0)
+    else:
+        mass = torch.zeros(statistics.num_classes, dtype=torch.float64).index_add_(0, targets.long(), weights)
+    q = mass / mass.sum()
+    pi = statistics.class_prior
+    shift = q.clamp_min(tiny).log() - pi.clamp_min(tiny).log()
+    return torch.where((q > 0) & (pi > 0), shift, torch.zeros_like(shift))
+
+
+def _logit(p: Tensor) -> Tensor:
+    p = p.clamp(1e-12, 1 - 1e-12)
+    return p.log() - torch.log1p(-p)
+
+
+class PriorCorrection(nn.Module):
+    """Maps probabilities fitted under a shifted prior back to the data prior (or to a chosen target prior).
+
+    Args:
+        task: ``multiclass``, ``ordinal``, ``soft`` (softmax correction) or ``multilabel`` (per-label logit).
+        shift: ``[C]`` log-space shift ``s`` that training caused; zeros means nothing to undo.
+        target_shift: ``[C]`` log-space move ``t`` to the target prior (zeros: the training data's prior).
+    """
+
+    def __init__(self, task: str, shift: Tensor, target_shift: Tensor | None = None) -> None:
+        super().__init__()
+        self.task = task
+        offset = -shift.to(torch.float32)
+        if target_shift is not None:
+            offset = offset + target_shift.to(torch.float32)
+        self.register_buffer("offset", offset)
+        #: False when there is nothing to undo: reported probabilities are then the raw ones
+        self.active = bool(offset.abs().max() > 1e-7) if offset.numel() else False
+
+    @classmethod
+    def build(
+        cls,
+        statistics: DatasetStatistics,
+        loss_shift: Tensor | None,
+        sample_shift: Tensor | None = None,
+        target_prior: str = "train",
+    ) -> PriorCorrection:
+        """Combine the loss's and the sampler's shifts; ``target_prior`` is ``train`` or ``uniform``."""
+        if target_prior not in TARGET_PRIORS:
+            raise ValueError(f"PriorCorrection: target_prior must be one of {TARGET_PRIORS}, got {target_prior!r}")
+        shift = torch.zeros(statistics.num_classes, dtype=torch.float64)
+        for part in (loss_shift, sample_shift):
+            if part is not None:
+                if part.shape != shift.shape:
+                    raise ValueError(
+                        f"PriorCorrection: a shift must have shape ({statistics.num_classes},), got {tuple(part.shape)}"
+                    )
+                shift = shift + part.detach().to("cpu", torch.float64)
+        target = None
+        if target_prior == "uniform":
+            prior = statistics.class_prior.clamp(1e-12, 1 - 1e-12)
+            target = -(_logit(prior) if statistics.task == "multilabel" else prior.log())
+        return cls(statistics.task, shift, target)
+
+    def forward(self, probabilities: Tensor) -> Tensor:
+        if not self.active:
+            return probabilities
+        offset = self.offset.to(probabilities.device)
+        p = probabilities.float()
+        if self.task == "multilabel":
+            return torch.sigmoid(torch.logit(p, eps=1e-7) + offset)
+        return torch.softmax(p.clamp_min(1e-30).log() + offset, dim=-1)

@@ -1,0 +1,194 @@
+"""The LightningModule: backbone -> loss-owned head -> loss; probabilities -> metrics.
+
+The loss decides the head's width and how outputs become class probabilities; every metric sees
+probabilities only, so any loss can be swapped in with ``loss=<name>`` and every metric still applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from tailsweep.data.stats import DatasetStatistics
+from tailsweep.losses.base import TailLoss
+from tailsweep.metrics.collections import build_metric_collection
+from tailsweep.models.backbones import build_backbone
+from tailsweep.models.calibration import PriorCorrection
+
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class TailClassifier(L.LightningModule):
+    """Image classifier for imbalanced, ordinal, soft or multi-label targets with a swappable loss.
+
+    Args:
+        backbone: ``tiny_cnn`` or a timm model name, or a module with a ``num_features`` attribute.
+        pretrained: load the backbone's pretrained weights (opt-in: it needs the network).
+        backbone_kwargs: extra keyword arguments for the backbone factory (e.g. ``drop_rate``).
+        loss: a ``TailLoss``; it builds the head and turns outputs into probabilities.
+        statistics: training-split statistics from the datamodule (task, C, class counts).
+        optimizer: partial of a ``torch.optim`` optimizer (Hydra ``_partial_: true``).
+        scheduler: optional partial of an LR scheduler, stepped per epoch.
+        metrics: per-stage metric names (``{"train": [...], "val": [...], "test": [...]}``); None = defaults
+            (see ``tailsweep.metrics.collections`` for the names and the keys they log).
+        channels_last: convert the model and images to channels-last memory format (faster convs on GPU).
+        compile: ``torch.compile`` the backbone.
+        nonfinite_loss: ``raise`` (stop with the step, the batch's labels and the loss name) or ``skip`` (drop
+            the batch's update and count it in ``train/skipped_batches``). Either way a NaN/inf loss never
+            silently trains on; the check costs one device-to-host sync per step.
+        max_group_size: most members a group can have (sizes the group-sum distribution metrics); None = the
+            largest group of the training split.
+        prior_correction: report probabilities corrected for what class weights and weighted sampling did to
+            them (``models/calibration.py``); the raw ones are then logged too, under ``<stage>/raw/``.
+        target_prior: ``train`` (the data's prior) or ``uniform`` (balanced posterior) for the correction.
+        sample_shift: log-space shift of the weighted sampler (from ``calibration.sampling_shift``).
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module,
+        loss: TailLoss,
+        statistics: DatasetStatistics,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        metrics: dict[str, Sequence[str] | None] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        pretrained: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+        nonfinite_loss: str = "raise",
+        max_group_size: int | None = None,
+        prior_correction: bool = True,
+        target_prior: str = "train",
+        sample_shift: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"TailClassifier: nonfinite_loss must be one of {NONFINITE_POLICIES}, got {nonfinite_loss!r}"
+            )
+        ignored = ["loss", "statistics", "sample_shift"] + ([] if isinstance(backbone, str) else ["backbone"])
+        self.save_hyperparameters(ignore=ignored, logger=False)
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
+        loss.bind(statistics)
+        self.task = statistics.task
+        self.num_classes = statistics.num_classes
+        self.backbone = torch.compile(backbone) if compile else backbone
+        self.head = loss.make_head(backbone.num_features, statistics.num_classes)
+        self.loss = loss
+        self.correction = PriorCorrection.build(statistics, loss.prior_shift(), sample_shift, target_prior)
+        self.report_raw = prior_correction and self.correction.active
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        names = dict(metrics or {})
+        if max_group_size is None and statistics.group_sizes is not None:
+            max_group_size = int(statistics.group_sizes.max())
+        self.train_metrics = self._metrics("train", names.get("train"), max_group_size)
+        self.val_metrics = self._metrics("val", names.get("val"), max_group_size)
+        self.test_metrics = self._metrics("test", names.get("test"), max_group_size)
+        # raw (uncorrected) probabilities are scored as well when the correction changes them
+        self.val_raw_metrics = self.val_metrics.clone(prefix="val/raw/") if self.report_raw else None
+        self.test_raw_metrics = self.test_metrics.clone(prefix="test/raw/") if self.report_raw else None
+        self.skipped_batches = 0
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _metrics(self, stage: str, names: Sequence[str] | None, max_group_size: int | None) -> MetricCollection:
+        # train metrics score the module's own probabilities against labels the loss has checked: no re-validation
+        return build_metric_collection(self.task, self.num_classes, stage=stage, names=names, prefix=f"{stage}/",
+                                       max_group_size=max_group_size, validate_args=stage != "train")
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(images))
+
+    def on_train_epoch_start(self) -> None:
+        self.loss.on_epoch_start(self.current_epoch)
+
+    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        outputs = self(batch["image"])
+        group_id = batch.get("group_id")
+        loss = self.loss(outputs, batch["target"], group_id=group_id)
+        return outputs, loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        outputs, loss = self._step(batch)
+        if not torch.isfinite(loss):
+            return self._on_nonfinite_loss(loss, batch)
+        # prog_bar values are turned into Python floats every step (a host sync), so only when a bar shows them
+        show = self._trainer is not None and self.trainer.progress_bar_callback is not None
+        self.log("train/loss", loss, prog_bar=show, batch_size=outputs.shape[0])
+        if len(self.train_metrics):
+            with torch.no_grad():
+                self.train_metrics.update(self.loss.probabilities(outputs.detach()), batch["target"])
+        return loss
+
+    def _on_nonfinite_loss(self, loss: Tensor, batch: dict[str, Tensor]) -> None:
+        labels = batch["target"].detach().cpu()
+        shown = labels.tolist() if labels.numel() <= 64 else f"{labels.flatten()[:64].tolist()} ..."
+        message = (f"{self.loss.name} returned a non-finite loss ({loss.item()}) at global step {self.global_step} "
+                   f"(epoch {self.current_epoch}); batch labels: {shown}")
+        if self.hparams.nonfinite_loss == "raise":
+            raise NonFiniteLossError(message + ". Set model.nonfinite_loss=skip to drop such batches instead.")
+        self.skipped_batches += 1
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+        return None
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        outputs, loss = self._step(batch)
+        raw = self.loss.probabilities(outputs)
+        reported = self.correction(raw) if self.hparams.prior_correction else raw
+        metrics, raw_metrics = (self.val_metrics, self.val_raw_metrics) if stage == "val" else (
+            self.test_metrics, self.test_raw_metrics)
+        metrics.update(reported, batch["target"], group_id=batch["group_id"])
+        if raw_metrics is not None:
+            raw_metrics.update(raw, batch["target"], group_id=batch["group_id"])
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=outputs.shape[0], sync_dist=True)
+        # returned for callbacks (plots) that collect predictions at the end of an evaluation epoch
+        step = {"probabilities": raw, "target": batch["target"], "group_id": batch["group_id"]}
+        if self.report_raw:
+            step["corrected_probabilities"] = reported
+        return step
+
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        """Compute (synchronised across ranks by torchmetrics) once per epoch, log, reset."""
+        if any(metric.update_called for metric in metrics.values(copy_state=False)):
+            self.log_dict(metrics.compute(), sync_dist=False)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics)
+        if self.val_raw_metrics is not None:
+            self._log_epoch_metrics(self.val_raw_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.test_metrics)
+        if self.test_raw_metrics is not None:
+            self._log_epoch_metrics(self.test_raw_metrics)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

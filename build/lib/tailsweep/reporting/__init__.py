@@ -1,0 +1,1 @@
+"""Reporting: pictures of predictions (``figures``) and multirun summaries (``compare``)."""
