@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from _harness import (
     PHASES,
@@ -56,8 +56,6 @@ from _harness import (
     threads,
 )
 from tailsweep.data.datamodule import TailDataModule
-from tailsweep.data.datasets import ManifestImageDataset
-from tailsweep.data.transforms import build_transform
 from tailsweep.losses.base import check_class_target
 from tailsweep.metrics.collections import build_metric_collection
 from tailsweep.models.backbones import build_backbone
@@ -85,15 +83,15 @@ class BatchList(Dataset):
 
 def load_batches(datamodule: TailDataModule, count: int, batch_size: int, device: torch.device
                  ) -> list[dict[str, Tensor]]:
-    """``count`` batches of the training split through the template's train transforms, as tensors on ``device``."""
-    hp = datamodule.hparams
-    transform = build_transform(hp.image_size, train=True, hflip=hp.hflip, vflip=hp.vflip)
-    dataset = ManifestImageDataset(datamodule.split("train"), transform)
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(dataset), generator=generator)[: count * batch_size].tolist()
+    """``count`` batches of the training split as the template's train loader makes them, as tensors on ``device``."""
     batches = []
-    for start in range(0, len(order), batch_size):
-        batch = default_collate([dataset[i] for i in order[start:start + batch_size]])
+    for batch in datamodule.train_dataloader():
+        if len(batches) == count:
+            break
+        if batch["image"].shape[0] != batch_size:
+            raise ValueError(f"load_batches: expected batches of {batch_size}, got {batch['image'].shape[0]}")
+        if batch["image"].dtype == torch.uint8:  # device_transforms: normalise as the template would after transfer
+            batch = datamodule.on_after_batch_transfer(batch, 0)
         batches.append({key: batch[key].to(device) for key in ("image", "target", "group_id")})
     return batches
 
