@@ -62,6 +62,7 @@ from _harness import (
     timed_collectives,
 )
 from tailsweep.data.datamodule import TailDataModule
+from tailsweep.data.samplers import OrderedShardSampler
 from tailsweep.utils.paths import project_root
 
 
@@ -69,7 +70,9 @@ class SameOrderDataModule(TailDataModule):
     """The template's datamodule with the training order fixed, so that epoch 2 reads what epoch 1 cached."""
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=False)
+        rank, world_size = self._rank_world()
+        sampler = OrderedShardSampler(len(self.dataset("train")), rank=rank, world_size=world_size)
+        return self._loader("train", sampler, self.hparams.batch_size, True)
 
 
 class TimedAllreduce(Callback):
