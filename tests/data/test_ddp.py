@@ -103,9 +103,9 @@ class Recorder(L.LightningModule):
 @pytest.mark.slow  # ~35 s on 2 shared cores: Lightning's ddp_spawn start-up
 def test_lightning_ddp_uses_our_shards(counting_root: Path, tmp_path: Path) -> None:
     """Under Lightning's DDP (use_distributed_sampler=False) the datamodule takes rank and world size from the
-    trainer: training shards are the sampler's slices of each epoch, validation sees every sample once."""
+    trainer: training shards are the sampler's blocks of each epoch, validation sees every sample once."""
     datamodule = _datamodule(str(counting_root / "manifest.csv"), SAMPLERS["weighted"])
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_fork", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, num_sanity_val_steps=0)
     trainer.fit(Recorder(str(tmp_path)), datamodule=datamodule)
@@ -113,8 +113,12 @@ def test_lightning_ddp_uses_our_shards(counting_root: Path, tmp_path: Path) -> N
     single = _datamodule(str(counting_root / "manifest.csv"), SAMPLERS["weighted"])
     single.setup("fit")
     reference = single.train_sampler()
+    block = datamodule.hparams.batch_size
     for epoch in (0, 1):
-        joined = np.concatenate([torch.cat([i for e, i in s["train"] if e == epoch]).numpy() for s in seen])
-        np.testing.assert_array_equal(joined[: reference.num_samples], reference.indices(epoch))
+        first, second = (torch.cat([i for e, i in s["train"] if e == epoch]).numpy() for s in seen)
+        whole = len(first) // block * block  # one batch per rank per step: step k = batch k of one process
+        joined = np.concatenate([np.concatenate([first[k:k + block], second[k:k + block]])
+                                 for k in range(0, whole, block)])
+        np.testing.assert_array_equal(joined, reference.indices(epoch)[: 2 * whole])
         evaluated = np.concatenate([torch.cat([i for e, i in s["val"] if e == epoch]).numpy() for s in seen])
         assert sorted(evaluated.tolist()) == list(range(len(single.split("val"))))
