@@ -1,1 +1,0 @@
-"""Reporting: pictures of predictions (``figures``) and multirun summaries (``compare``)."""
