@@ -12,44 +12,22 @@ from torch import Tensor, nn
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.losses.base import ClassTargetLoss, compute_dtype
 from tailsweep.losses.heads import CosineHead
-from tailsweep.losses.weights import check_weight_spec, class_weights, resolve_class_weights
+from tailsweep.losses.weights import ClassWeightedMixin, class_weights
 
 WeightSpec = str | Sequence[float] | None
 
 
-class WeightedClassLoss(ClassTargetLoss):
+class WeightedClassLoss(ClassWeightedMixin, ClassTargetLoss):
     """A class-target loss with optional per-class weights from a scheme (see ``losses.weights``)."""
 
     def __init__(self, class_weights: WeightSpec = "none", *, beta: float = 0.999, power: float = 0.5,
                  ignore_index: int | None = -100, reduction: str = "mean") -> None:
         super().__init__(reduction, ignore_index)
-        self.weight_spec = check_weight_spec(self.name, class_weights)
-        self.beta = beta
-        self.power = power
-        self.register_buffer("class_weight", None, persistent=False)
-
-    @property
-    def weighted(self) -> bool:
-        return self.weight_spec not in (None, "none")
+        self.init_class_weights(class_weights, beta=beta, power=power)
 
     def bind(self, statistics: DatasetStatistics) -> None:
         super().bind(statistics)
-        weights = resolve_class_weights(self.name, self.weight_spec, statistics.class_counts,
-                                        beta=self.beta, power=self.power)
-        self.class_weight = weights
-
-    def weight_on(self, like: Tensor) -> Tensor | None:
-        """The class weights on ``like``'s device (None when unweighted); a clear error if never bound."""
-        if not self.weighted:
-            return None
-        if self.class_weight is None:
-            raise RuntimeError(f"{self.name}: class_weights={self.weight_spec!r} needs the training-split counts; "
-                               f"call bind(statistics) before forward")
-        return self.buffer_on("class_weight", like)
-
-    def prior_shift(self) -> Tensor | None:
-        """``log w_c``: a class weight multiplies the fitted odds of its class by ``w_c``."""
-        return None if self.class_weight is None else self.class_weight.log()
+        self.bind_class_weights(statistics.class_counts)
 
 
 class CrossEntropyLoss(WeightedClassLoss):

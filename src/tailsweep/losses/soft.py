@@ -19,7 +19,7 @@ from torch import Tensor
 
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled, compute_dtype
-from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
+from tailsweep.losses.weights import ClassWeightedMixin
 
 COUNT_BY = ("mass", "nonzero")
 
@@ -44,7 +44,7 @@ def check_soft_target(loss_name: str, outputs: Tensor, target: Tensor, tolerance
         )
 
 
-class SoftCrossEntropyLoss(TailLoss):
+class SoftCrossEntropyLoss(ClassWeightedMixin, TailLoss):
     """Cross-entropy against probability targets: ``loss_i = -sum_c w_c q_ic log softmax(z_i)_c`` (``w = 1`` by
     default; F.cross_entropy with probability targets).
 
@@ -60,29 +60,13 @@ class SoftCrossEntropyLoss(TailLoss):
         super().__init__(reduction)
         if count_by not in COUNT_BY:
             raise ValueError(f"{self.name}: count_by must be one of {COUNT_BY}, got {count_by!r}")
-        self.weight_spec = check_weight_spec(self.name, class_weights)
+        self.init_class_weights(class_weights, beta=beta, power=power)
         self.count_by = count_by
-        self.beta = beta
-        self.power = power
         self.tolerance = tolerance
-        self.register_buffer("class_weight", None, persistent=False)
 
     def bind(self, statistics: DatasetStatistics) -> None:
         super().bind(statistics)
-        counts = statistics.class_mass if self.count_by == "mass" else statistics.class_counts
-        self.class_weight = resolve_class_weights(self.name, self.weight_spec, counts, beta=self.beta,
-                                                  power=self.power)
-
-    def weight_on(self, like: Tensor) -> Tensor | None:
-        if self.weight_spec in (None, "none"):
-            return None
-        if self.class_weight is None:
-            raise RuntimeError(f"{self.name}: class_weights={self.weight_spec!r} needs the training-split counts; "
-                               f"call bind(statistics) before forward")
-        return self.buffer_on("class_weight", like)
-
-    def prior_shift(self) -> Tensor | None:
-        return None if self.class_weight is None else self.class_weight.log()
+        self.bind_class_weights(statistics.class_mass if self.count_by == "mass" else statistics.class_counts)
 
     def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Validated logits and targets in the compute dtype."""

@@ -144,3 +144,38 @@ def check_weight_spec(loss_name: str, spec: str | Sequence[float] | None) -> str
     except (TypeError, ValueError):
         raise ValueError(f"{loss_name}: class weights must be a scheme name or a list of numbers, "
                          f"got {spec!r}") from None
+
+
+class ClassWeightedMixin:
+    """Per-class weights from a scheme, for ``TailLoss`` subclasses: bound from training counts, kept as a buffer.
+
+    The subclass calls ``init_class_weights`` in ``__init__`` and ``bind_class_weights(counts)`` in ``bind``; the
+    loss then reads ``weight_on(like)`` in ``forward`` and reports ``prior_shift() = log w`` for the correction.
+    """
+
+    def init_class_weights(self, spec: str | Sequence[float] | None, *, beta: float, power: float) -> None:
+        self.weight_spec = check_weight_spec(self.name, spec)
+        self.beta = beta
+        self.power = power
+        self.register_buffer("class_weight", None, persistent=False)
+
+    @property
+    def weighted(self) -> bool:
+        return self.weight_spec not in (None, "none")
+
+    def bind_class_weights(self, counts: Tensor) -> None:
+        self.class_weight = resolve_class_weights(self.name, self.weight_spec, counts, beta=self.beta,
+                                                  power=self.power)
+
+    def weight_on(self, like: Tensor) -> Tensor | None:
+        """The class weights on ``like``'s device (None when unweighted); a clear error if never bound."""
+        if not self.weighted:
+            return None
+        if self.class_weight is None:
+            raise RuntimeError(f"{self.name}: class_weights={self.weight_spec!r} needs the training-split counts; "
+                               f"call bind(statistics) before forward")
+        return self.buffer_on("class_weight", like)
+
+    def prior_shift(self) -> Tensor | None:
+        """``log w_c``: a class weight multiplies the fitted odds of its class by ``w_c``."""
+        return None if self.class_weight is None else self.class_weight.log()
