@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -11,24 +10,16 @@ import numpy as np
 import pytest
 
 from tailsweep.data.generators.counting import CountingConfig, generate_counting, label_distribution
-
-
-def _digest(root: Path) -> str:
-    sha = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            sha.update(path.name.encode())
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
+from tests.helpers.files import tree_digest
 
 
 def test_generator_is_deterministic(tmp_path: Path) -> None:
     config = CountingConfig(num_images=64, image_size=16, seed=7)
     generate_counting(tmp_path / "a", config)
     generate_counting(tmp_path / "b", config)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
     generate_counting(tmp_path / "c", CountingConfig(num_images=64, image_size=16, seed=8))
-    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:

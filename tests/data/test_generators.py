@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,9 @@ from tailsweep.data.generators.multilabel import (
     generate_multilabel4,
 )
 from tailsweep.data.generators.soft import SOFT_NAMES, SoftConfig, generate_soft
+from tests.helpers.files import tree_digest
 
 from .conftest import SMALL_MULTILABEL, SMALL_MULTILABEL4, SMALL_SOFT
-
-
-def _digest(root: Path) -> str:
-    sha = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            sha.update(path.name.encode())
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
 
 
 def _rows(root: Path) -> list[dict[str, str]]:
@@ -54,9 +45,9 @@ def _pixels(root: Path, row: dict[str, str]) -> np.ndarray:
 def test_generators_are_deterministic(tmp_path: Path, generate, config, other: dict) -> None:
     generate(tmp_path / "a", config)
     generate(tmp_path / "b", config)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
     generate(tmp_path / "c", type(config)(**{**config.__dict__, **other}))
-    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
     with pytest.raises(FileExistsError, match="overwrite"):
         generate(tmp_path / "a", config)
 
