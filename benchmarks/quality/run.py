@@ -57,6 +57,8 @@ COMMON_OVERRIDES = (
 #: import names of the peer libraries a ``_target_`` needs (a missing one skips its configs)
 PEER_MODULES = {"PeerCORALLoss": "coral_pytorch", "PeerCORNLoss": "coral_pytorch", "PeerCDWCELoss": "dlordinal",
                 "PeerEMDLoss": "dlordinal", "PeerSoftLabelLoss": "dlordinal", "PeerAsymmetricLoss": "timm"}
+#: peer configs whose library counterpart has another name (our ``unimodal`` has a ``distribution`` option)
+PEER_COUNTERPARTS = {"peer_binomial": "unimodal", "peer_poisson": "unimodal", "peer_triangular": "unimodal"}
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,11 @@ def short_label(row: SummaryRow) -> SummaryRow:
     return dataclasses.replace(row, label=label)
 
 
-def row_order(row: SummaryRow) -> tuple[str, bool]:
-    """Each peer's row right after the library's loss of the same name (``coral``, ``peer_coral``)."""
+def row_order(row: SummaryRow) -> tuple[str, bool, str]:
+    """Each peer's row right after the library's loss it implements too: the one of the same name (``coral``,
+    ``peer_coral``) or its ``PEER_COUNTERPARTS`` entry (dlordinal's soft-label losses under ``unimodal``)."""
     name = row.label.split(" ")[0]
-    return name.removeprefix("peer_"), name.startswith("peer_")
+    return PEER_COUNTERPARTS.get(name, name.removeprefix("peer_")), name.startswith("peer_"), row.label
 
 
 def report(benchmark: Benchmark, sweeps: Sequence[Sweep], out: Path) -> tuple[str, int]:

@@ -65,6 +65,15 @@ def test_plan_deals_every_loss_once_and_the_report_lists_failures(tmp_path: Path
     assert (tmp_path / "counting" / "comparison.csv").exists()
 
 
+def test_peer_rows_sit_under_the_library_loss_they_implement() -> None:
+    run = load_runner()
+    labels = ["peer_poisson", "unimodal", "peer_binomial", "coral", "peer_coral", "ce", "peer_triangular"]
+    rows = [run.SummaryRow(label=label, overrides=(f"loss={label}",), status="completed", n=1, mean={}, std={})
+            for label in labels]
+    ordered = [row.label for row in sorted(rows, key=run.row_order)]
+    assert ordered == ["ce", "coral", "peer_coral", "unimodal", "peer_binomial", "peer_poisson", "peer_triangular"]
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_every_sweep_and_writes_both_tables(tmp_path: Path) -> None:
     pytest.importorskip("coral_pytorch")
