@@ -8,11 +8,10 @@ Each configuration (processes x torch threads per process) runs in a fresh worke
 ``train.yaml`` with ``trainer=cpu`` / ``trainer=ddp_cpu`` (gloo) or ``trainer=gpu`` / ``trainer=ddp`` (NCCL) and
 ``trainer.devices=N``, builds the template as ``tailsweep-train`` does (default model, CE, train metrics, logging,
 callbacks without the progress bar, CSV logger) and fits it on the counting set through the template's own
-datamodule (PNG decode + augmentation in the main process, ``num_workers=0`` as configured), per-process batch
-``--batch-size`` (so the global batch grows with the processes). Lightning's ``strategy=ddp`` relaunches the worker
-for ranks >= 1. The training order is fixed (no shuffling) so that the second epoch reads the images the first one
-decoded into the dataset's cache: epoch 1 is the warm-up (its ``data`` phase, decoding included, is reported as
-"cold data"), epoch 2 is timed, after dropping ``--warmup`` steps.
+datamodule (images decoded once into a uint8 cache, batched augmentation in the main process, ``num_workers=0``
+as configured), per-process batch ``--batch-size`` (so the global batch grows with the processes). Lightning's
+``strategy=ddp`` relaunches the worker for ranks >= 1. The training order is fixed (no shuffling); epoch 1 is the
+warm-up (its ``data`` phase is reported as "cold data"), epoch 2 is timed, after dropping ``--warmup`` steps.
 
 Per-step phases on rank 0 come from hooks (``_harness.StepPhases``): data (+ Lightning's loop between steps),
 dispatch (training_step call and DDP's pre-forward buffer broadcast), forward, loss + metrics + logging, backward
