@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tailsweep.data.stats import DatasetStatistics
 from tailsweep.losses import (
     CDWCELoss,
     CoralHead,
@@ -24,6 +25,7 @@ from tailsweep.losses import (
     unimodal_targets,
 )
 from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
+from tailsweep.losses.heads import prior_exceedance_logits
 
 C = 7
 
@@ -257,6 +259,42 @@ def test_cumulative_link_matches_reference_and_head_orders_cutpoints():
     with torch.no_grad():
         fresh.projection.weight.zero_()
     torch.testing.assert_close(loss.probabilities(fresh(features)), torch.full((32, C), 1.0 / C), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("loss_class", [CORALLoss, CumulativeLinkLoss])
+def test_ordinal_heads_start_at_the_training_prior(loss_class):
+    counts = torch.tensor([500.0, 300.0, 120.0, 50.0, 20.0, 7.0, 2.0, 1.0, 0.0])  # a long tail, last class empty
+    statistics = DatasetStatistics.from_labels(torch.repeat_interleave(torch.arange(9), counts.long()), 9,
+                                               task="ordinal")
+    loss = loss_class()
+    loss.bind(statistics)
+    head = loss.make_head(4, 9).double()
+    with torch.no_grad():
+        (head.weight if loss_class is CORALLoss else head.projection).weight.zero_()
+    expected = (counts.double() + 0.5) / (counts.sum() + 4.5)  # half a count per class keeps the empty one
+    torch.testing.assert_close(loss.probabilities(head(torch.randn(3, 4).double())), expected.expand(3, 9))
+
+    default = loss_class(head_init="default")
+    default.bind(statistics)
+    assert not torch.allclose(default.probabilities(default.make_head(4, 9)(torch.zeros(1, 4))).double(), expected)
+    with pytest.raises(ValueError, match=r"head_init must be one of \('prior', 'default'\), got 'zeros'"):
+        loss_class(head_init="zeros")
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(0, 10**7), min_size=2, max_size=40))
+def test_prior_exceedance_logits_are_finite_and_decreasing(counts):
+    logits = prior_exceedance_logits(torch.tensor(counts, dtype=torch.float64))
+    assert logits.shape == (len(counts) - 1,) and torch.isfinite(logits).all()
+    assert (logits.diff() < 0).all()
+    CumulativeLinkHead(2, len(counts), initial_cutpoints=-logits)  # strictly increasing cutpoints are accepted
+
+
+def test_ordinal_heads_reject_initial_values_of_the_wrong_shape_or_order():
+    with pytest.raises(ValueError, match=r"initial_bias must have shape \(4,\), got \(3,\)"):
+        CoralHead(2, 5, initial_bias=torch.zeros(3))
+    with pytest.raises(ValueError, match="initial_cutpoints must be 4 strictly increasing values"):
+        CumulativeLinkHead(2, 5, initial_cutpoints=torch.tensor([0.0, 1.0, 1.0, 2.0]))
 
 
 @settings(max_examples=30, deadline=None)

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tailsweep.data.stats import DatasetStatistics
 from tailsweep.losses.base import ClassTargetLoss, compute_dtype
 from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
-from tailsweep.losses.heads import CoralHead, CumulativeLinkHead
+from tailsweep.losses.heads import CoralHead, CumulativeLinkHead, prior_exceedance_logits
 
 ORDINAL: frozenset[str] = frozenset({"ordinal"})
 
@@ -262,8 +263,34 @@ class UnimodalLoss(SoftOrdinalTargetLoss):
         return unimodal_targets(num_classes, self.distribution, tau=self.tau, power=self.power, width=self.width)
 
 
+#: where a CORAL / cumulative link head starts: at the training prior, or at its library default
+HEAD_INITS = ("prior", "default")
+
+
 class CumulativeOutputLoss(OrdinalLoss):
     """An ordinal loss whose head has C-1 outputs (CORAL, CORN, cumulative link)."""
+
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100) -> None:
+        super().__init__(reduction, ignore_index)
+        self.head_init = "default"
+        self.train_class_counts: Tensor | None = None
+
+    def set_head_init(self, head_init: str) -> None:
+        """Choose where the head starts (``HEAD_INITS``); for the losses whose head has a prior-shaped start."""
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"{self.name}: head_init must be one of {HEAD_INITS}, got {head_init!r}")
+        self.head_init = head_init
+
+    def bind(self, statistics: DatasetStatistics) -> None:
+        super().bind(statistics)
+        self.train_class_counts = statistics.class_counts
+
+    def prior_logits(self, num_classes: int) -> Tensor | None:
+        """``logit P(y > k)`` of the bound training split when ``head_init="prior"`` (None before ``bind``)."""
+        counts = self.train_class_counts
+        if self.head_init != "prior" or counts is None or counts.shape[0] != num_classes:
+            return None
+        return prior_exceedance_logits(counts)
 
     def num_outputs(self, num_classes: int) -> int:
         return num_classes - 1
@@ -293,12 +320,20 @@ class CORALLoss(CumulativeOutputLoss):
     C-1 binary tasks, as coral-pytorch's ``coral_loss``). Class probabilities are differences of the cumulative
     probabilities after a running minimum makes them non-increasing (CORAL guarantees the order only at the
     optimum), so they are non-negative and sum to 1.
+
+    ``head_init="prior"`` (the default) starts the biases at the training prior's ``logit P(y > k)``;
+    ``"default"`` at coral-pytorch's ``(0, 1]`` (see ``CoralHead`` for why it matters on a long tail).
     """
 
     parametrization: ClassVar[str] = "coral"
 
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
+                 ) -> None:
+        super().__init__(reduction, ignore_index)
+        self.set_head_init(head_init)
+
     def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        return CoralHead(in_features, num_classes)
+        return CoralHead(in_features, num_classes, initial_bias=self.prior_logits(num_classes))
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
@@ -349,12 +384,21 @@ class CumulativeLinkLoss(CumulativeOutputLoss):
     keeps them ordered by construction). Outputs are the C-1 cumulative logits ``a_k = theta_k - eta``; the loss
     is the negative log-likelihood ``-log p_y`` with, stably, ``p_k = s(a_k) - s(a_{k-1}) =
     s(a_k) s(-a_{k-1}) (1 - e^{-(a_k - a_{k-1})})`` (``a_{-1} = -inf``, ``a_{C-1} = +inf``).
+
+    ``head_init="prior"`` (the default) starts the cutpoints at the training prior's ``logit P(y <= k)``;
+    ``"default"`` at the logistic quantiles of the uniform distribution.
     """
 
     parametrization: ClassVar[str] = "cumulative_link"
 
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
+                 ) -> None:
+        super().__init__(reduction, ignore_index)
+        self.set_head_init(head_init)
+
     def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        return CumulativeLinkHead(in_features, num_classes)
+        prior = self.prior_logits(num_classes)
+        return CumulativeLinkHead(in_features, num_classes, initial_cutpoints=None if prior is None else -prior)
 
     @staticmethod
     def interval_log_probability(upper: Tensor, lower: Tensor) -> Tensor:

@@ -73,13 +73,14 @@ class PeerCORALLoss(CORALLoss):
 
     ``loss_i = -sum_k [ l_ik log s(z_ik) + (1 - l_ik) log(1 - s(z_ik)) ]``, ``l_ik = 1[y_i > k]``, k = 0..C-2.
 
-    C-1 outputs from ``CoralHead`` (one shared weight, C-1 biases: coral-pytorch's ``CoralLayer``); class
+    C-1 outputs from ``CoralHead`` (one shared weight, C-1 biases: coral-pytorch's ``CoralLayer``, started at the
+    training prior unless ``head_init="default"``, as ``CORALLoss``); class
     probabilities as ``CORALLoss`` computes them (coral-pytorch itself only thresholds ``s(z) > 0.5`` into a
     label). The value equals ``CORALLoss``'s; the level encoding loops over the batch in Python, as the peer does.
     """
 
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(reduction, ignore_index)
+    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean", head_init: str = "prior") -> None:
+        super().__init__(reduction, ignore_index, head_init=head_init)
         self.coral_loss = import_peer("coral_pytorch.losses", self.name).coral_loss
         self.levels_from_labelbatch = import_peer("coral_pytorch.dataset", self.name).levels_from_labelbatch
 
