@@ -2,7 +2,8 @@
 
 When the checkpoint lies in a tailsweep run directory (``<run>/checkpoints/*.ckpt``), the run's own
 ``data``, ``model`` and ``loss`` configs (``<run>/.hydra/config.yaml``) are used, so evaluation rebuilds exactly
-the trained model; pass ``use_train_config=false`` to take them from the command line instead.
+the trained model; pass ``use_train_config=false`` to take them from the command line instead. The ``callbacks``
+group (``plots`` by default) draws the split's prediction pictures into the eval run's ``plots/<split>/``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("test")
     model = build_model(cfg, datamodule)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")),
+                                     logger=instantiate_list(cfg.get("logger")) or False)
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(model, datamodule=datamodule, ckpt_path=str(checkpoint), weights_only=False)
     metrics = to_float_dict(trainer.callback_metrics)

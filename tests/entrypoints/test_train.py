@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from tailsweep.evaluate import evaluate
 from tailsweep.train import train
 from tailsweep.utils.runtime import METRICS_FILE
+from tests.helpers.files import tree_digest
 
 
 def test_fast_dev_run_trains_on_cpu(compose_train) -> None:
@@ -35,9 +37,13 @@ def test_train_then_eval_from_saved_checkpoint(compose_train, tmp_path: Path) ->
 
     OmegaConf.save(cfg, checkpoint.parent.parent / ".hydra" / "config.yaml")
     eval_cfg = compose_train([f"ckpt_path={checkpoint}", "split=test"], config_name="eval")
+    plots = Path(eval_cfg.paths.output_dir) / "plots" / "test"
+    shutil.rmtree(plots.parent, ignore_errors=True)  # the training run drew its own test pictures there
     eval_metrics = evaluate(eval_cfg)
     assert eval_metrics["test/accuracy"] == pytest.approx(train_metrics["test/accuracy"])
     assert eval_metrics["test/argmax_mae"] == pytest.approx(train_metrics["test/argmax_mae"])
+    assert {"confusion_matrix", "group_sums", "reliability"} <= {path.stem.rsplit("_epoch", 1)[0]
+                                                                 for path in plots.glob("*.png")}
 
 
 def test_seed_zero_is_applied(compose_train) -> None:
@@ -54,10 +60,29 @@ def test_monitor_that_does_not_exist_fails_before_training(compose_train) -> Non
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _cli(args: list[str], cwd: Path, module: str = "tailsweep.train") -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tailsweep.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def test_eval_writes_a_run_of_its_own_and_leaves_the_training_run_as_written(counting_root: Path,
+                                                                               tmp_path: Path) -> None:
+    common = [f"paths.data_dir={counting_root.parent}", f"paths.log_dir={tmp_path}",
+              "trainer.enable_progress_bar=false"]
+    trained = _cli(["debug=limit_batches", "trainer.max_epochs=1", "data.image_size=24",
+                    "callbacks.rich_progress_bar=null", "callbacks.plots=null", *common], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = (tmp_path / "debug" / "runs").iterdir()
+    before = tree_digest(run)
+
+    evaluated = _cli([f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.limit_test_batches=2", *common],
+                     tmp_path, module="tailsweep.evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert tree_digest(run) == before  # metrics.json, .hydra/ and plots of the training run are untouched
+    (eval_run,) = (tmp_path / "eval" / "runs").iterdir()
+    assert json.loads((eval_run / METRICS_FILE).read_text())["status"] == "completed"
+    assert any((eval_run / "plots" / "test").glob("confusion_matrix_*.png"))
 
 
 def test_two_job_multirun_writes_two_job_directories(counting_root: Path, tmp_path: Path) -> None:
