@@ -147,6 +147,15 @@ class PeerOrdinalModuleLoss(OrdinalLoss):
             self.peer.to(device=like.device, dtype=like.dtype)
         return self.peer
 
+    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        """The peer's batch mean over the rows with a known label (a peer that returns per-sample values, as
+        ``PeerSoftLabelLoss``, overrides this to apply the library's reductions)."""
+        _, labels, valid = self.prepare_target(outputs, target)
+        logits, labels = select_valid(outputs.to(compute_dtype(outputs)), labels, valid)
+        if logits.shape[0] == 0:
+            return logits.sum()
+        return self.peer_on(logits)(logits, labels)
+
 
 class PeerCDWCELoss(PeerOrdinalModuleLoss):
     """dlordinal's ``CDWCELoss`` (Polat et al. 2022, "Class Distance Weighted Cross-Entropy Loss for Ulcerative
@@ -166,13 +175,6 @@ class PeerCDWCELoss(PeerOrdinalModuleLoss):
     def make_peer(self, num_classes: int) -> nn.Module:
         return self.dlordinal_losses.CDWCELoss(num_classes=num_classes, alpha=self.alpha)
 
-    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        _, labels, valid = self.prepare_target(outputs, target)
-        logits, labels = select_valid(outputs.to(compute_dtype(outputs)), labels, valid)
-        if logits.shape[0] == 0:
-            return logits.sum()
-        return self.peer_on(logits)(logits, labels)
-
 
 class PeerEMDLoss(PeerOrdinalModuleLoss):
     """dlordinal's ``EMDLoss``: the squared earth mover's distance without the ``1/C`` of Hou, Yu & Samaras 2016
@@ -188,13 +190,6 @@ class PeerEMDLoss(PeerOrdinalModuleLoss):
 
     def make_peer(self, num_classes: int) -> nn.Module:
         return self.dlordinal_losses.EMDLoss(num_classes=num_classes)
-
-    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        _, labels, valid = self.prepare_target(outputs, target)
-        logits, labels = select_valid(outputs.to(compute_dtype(outputs)), labels, valid)
-        if logits.shape[0] == 0:
-            return logits.sum()
-        return self.peer_on(logits)(logits, labels)
 
 
 class PeerSoftLabelLoss(PeerOrdinalModuleLoss):
