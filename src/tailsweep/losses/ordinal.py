@@ -263,34 +263,8 @@ class UnimodalLoss(SoftOrdinalTargetLoss):
         return unimodal_targets(num_classes, self.distribution, tau=self.tau, power=self.power, width=self.width)
 
 
-#: where a CORAL / cumulative link head starts: at the training prior, or at its library default
-HEAD_INITS = ("prior", "default")
-
-
 class CumulativeOutputLoss(OrdinalLoss):
     """An ordinal loss whose head has C-1 outputs (CORAL, CORN, cumulative link)."""
-
-    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100) -> None:
-        super().__init__(reduction, ignore_index)
-        self.head_init = "default"
-        self.train_class_counts: Tensor | None = None
-
-    def set_head_init(self, head_init: str) -> None:
-        """Choose where the head starts (``HEAD_INITS``); for the losses whose head has a prior-shaped start."""
-        if head_init not in HEAD_INITS:
-            raise ValueError(f"{self.name}: head_init must be one of {HEAD_INITS}, got {head_init!r}")
-        self.head_init = head_init
-
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
-        self.train_class_counts = statistics.class_counts
-
-    def prior_logits(self, num_classes: int) -> Tensor | None:
-        """``logit P(y > k)`` of the bound training split when ``head_init="prior"`` (None before ``bind``)."""
-        counts = self.train_class_counts
-        if self.head_init != "prior" or counts is None or counts.shape[0] != num_classes:
-            return None
-        return prior_exceedance_logits(counts)
 
     def num_outputs(self, num_classes: int) -> int:
         return num_classes - 1
@@ -311,7 +285,34 @@ class CumulativeOutputLoss(OrdinalLoss):
         return self.finish(per_sample, valid)
 
 
-class CORALLoss(CumulativeOutputLoss):
+#: where a CORAL / cumulative link head starts: at the training prior, or at its library default
+HEAD_INITS = ("prior", "default")
+
+
+class PriorStartedCumulativeLoss(CumulativeOutputLoss):
+    """A C-1-output loss whose head has thresholds (CORAL's biases, the cumulative link's cutpoints) that start at
+    the training prior's ``logit P(y > k)`` (``head_init="prior"``) or at the head's library default."""
+
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
+                 ) -> None:
+        super().__init__(reduction, ignore_index)
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"{self.name}: head_init must be one of {HEAD_INITS}, got {head_init!r}")
+        self.head_init = head_init
+        self.train_class_counts: Tensor | None = None
+
+    def bind(self, statistics: DatasetStatistics) -> None:
+        super().bind(statistics)
+        self.train_class_counts = statistics.class_counts
+
+    def prior_logits(self) -> Tensor | None:
+        """``logit P(y > k)`` of the bound training split when ``head_init="prior"`` (None before ``bind``)."""
+        if self.head_init != "prior" or self.train_class_counts is None:
+            return None
+        return prior_exceedance_logits(self.train_class_counts)
+
+
+class CORALLoss(PriorStartedCumulativeLoss):
     """CORAL (Cao, Mirjalili & Raschka 2020, "Rank consistent ordinal regression for neural networks with
     application to age estimation").
 
@@ -327,13 +328,8 @@ class CORALLoss(CumulativeOutputLoss):
 
     parametrization: ClassVar[str] = "coral"
 
-    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
-                 ) -> None:
-        super().__init__(reduction, ignore_index)
-        self.set_head_init(head_init)
-
     def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        return CoralHead(in_features, num_classes, initial_bias=self.prior_logits(num_classes))
+        return CoralHead(in_features, num_classes, initial_bias=self.prior_logits())
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
@@ -378,7 +374,7 @@ class CORNLoss(CumulativeOutputLoss):
         return -torch.linalg.vecdot(passed, F.logsigmoid(logits)) - stop.masked_fill(labels == last, 0.0)
 
 
-class CumulativeLinkLoss(CumulativeOutputLoss):
+class CumulativeLinkLoss(PriorStartedCumulativeLoss):
     """Cumulative link (proportional odds, logit link) model (McCullagh 1980, "Regression models for ordinal
     data"): ``P(y <= k | x) = s(theta_k - eta(x))`` with ordered cutpoints ``theta`` (``CumulativeLinkHead``
     keeps them ordered by construction). Outputs are the C-1 cumulative logits ``a_k = theta_k - eta``; the loss
@@ -391,13 +387,8 @@ class CumulativeLinkLoss(CumulativeOutputLoss):
 
     parametrization: ClassVar[str] = "cumulative_link"
 
-    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
-                 ) -> None:
-        super().__init__(reduction, ignore_index)
-        self.set_head_init(head_init)
-
     def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        prior = self.prior_logits(num_classes)
+        prior = self.prior_logits()
         return CumulativeLinkHead(in_features, num_classes, initial_cutpoints=None if prior is None else -prior)
 
     @staticmethod
