@@ -79,3 +79,19 @@ def call(loss: TailLoss, outputs: torch.Tensor, target: torch.Tensor, group_id: 
             group_id = torch.arange(outputs.shape[0], device=outputs.device) % 4
         return loss(outputs, target, group_id)
     return loss(outputs, target)
+
+
+def fit_constant_logits(loss: TailLoss, targets: torch.Tensor, width: int, max_iter: int = 100) -> torch.Tensor:
+    """The one row of float64 logits ``[width]`` that minimises ``loss`` when predicted for every target (L-BFGS
+    from zeros): the loss's optimum for a model that cannot see the input, to compare with the prior it implies."""
+    logits = torch.zeros(1, width, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = loss(logits.expand(targets.shape[0], width), targets)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    return logits.detach()[0]

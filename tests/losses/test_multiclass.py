@@ -14,6 +14,7 @@ from tailsweep.losses import (
     LogitAdjustedLoss,
     class_weights,
 )
+from tests.losses.helpers import fit_constant_logits
 
 C = 6
 COUNTS = torch.tensor([300, 120, 60, 20, 8, 2])
@@ -119,18 +120,7 @@ def test_logit_adjustment_recovers_balanced_posterior_optimum():
     """The minimiser of the logit-adjusted loss over free logits is log p(y) - tau log pi (up to a constant)."""
     loss = LogitAdjustedLoss(tau=1.0)
     loss.bind(STATS)
-    labels = LABELS
-    logits = torch.zeros(1, C, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([logits], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        value = loss(logits.expand(labels.shape[0], C), labels)
-        value.backward()
-        return value
-
-    optimizer.step(closure)
-    fitted = logits.detach().log_softmax(1)[0]
+    fitted = fit_constant_logits(loss, LABELS, C, max_iter=200).log_softmax(0)
     expected = (PRIOR.log() + loss.prior_shift().double()).log_softmax(0)
     torch.testing.assert_close(fitted, expected, atol=1e-4, rtol=0)
 

@@ -12,6 +12,7 @@ from tailsweep.losses import (
     SigmoidFocalLoss,
     class_weights,
 )
+from tests.losses.helpers import fit_constant_logits
 
 L = 5
 # seed 003: positives per label [2000, 500, 1000, 250] (+ one more label) in 10000 samples
@@ -62,19 +63,9 @@ def test_pos_weight_shifts_the_optimal_logit_by_log_q():
     """Seed 003: pos_weight q moves the optimum from logit(pi) to logit(pi) + log q (odds times q)."""
     loss = BinaryCrossEntropyLoss(pos_weight="neg_pos")
     loss.bind(STATS)
-    z = torch.zeros(1, L, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([z], max_iter=100, line_search_fn="strong_wolfe")
-    sample = TRAIN[::10].double()
-
-    def closure():
-        optimizer.zero_grad()
-        value = loss(z.expand(sample.shape[0], L), sample)
-        value.backward()
-        return value
-
-    optimizer.step(closure)
+    fitted = fit_constant_logits(loss, TRAIN[::10].double(), L)
     prior = POSITIVES.double() / 10000
-    torch.testing.assert_close(z.detach()[0], torch.logit(prior) + loss.prior_shift().double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fitted, torch.logit(prior) + loss.prior_shift().double(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (None, 1.0), (0.5, 0.0)])

@@ -5,6 +5,7 @@ import torch
 
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.losses import SoftCrossEntropyLoss, SoftKLDivLoss, class_weights
+from tests.losses.helpers import fit_constant_logits
 
 SEED_TABLE = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.8, 0.0], [0.3, 0.3, 0.4], [0.7, 0.0, 0.3]],
                           dtype=torch.float64)
@@ -48,17 +49,7 @@ def test_weighting_biases_the_fitted_probabilities_by_the_prior_shift():
     for spec in ("none", "inverse"):
         loss = SoftCrossEntropyLoss(class_weights=spec)
         loss.bind(STATS)
-        z = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS([z], max_iter=100, line_search_fn="strong_wolfe")
-
-        def closure(loss=loss, z=z, optimizer=optimizer):
-            optimizer.zero_grad()
-            value = loss(z.expand(4, 3), SEED_TABLE)
-            value.backward()
-            return value
-
-        optimizer.step(closure)
-        fitted = torch.softmax(z.detach()[0], 0)
+        fitted = torch.softmax(fit_constant_logits(loss, SEED_TABLE, 3), 0)
         shift = loss.prior_shift()
         expected = mean_target if shift is None else torch.softmax(mean_target.log() + shift.double(), 0)
         torch.testing.assert_close(fitted, expected, atol=1e-5, rtol=0)
