@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-TASKS = ("multiclass", "ordinal", "soft", "multilabel")
+from tailsweep.tasks import TASKS
 
 
 @dataclass(frozen=True)
