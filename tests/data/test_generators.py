@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_soft_targets_are_the_pixel_fractions(generated_roots: dict[str, Path]) 
 
 
 def test_cli_runs_every_generator(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert set(GENERATORS) == {"counting", "multilabel", "multilabel4", "soft"}
+    assert set(GENERATORS) == {"counting", "multilabel", "multilabel4", "soft", "mnist-sum", "fashion-lt"}
     assert main(["soft", "--root", str(tmp_path / "s"), "--num-images", "12", "--image-size", "8",
                  "--concentration", "1", "1", "1"]) == 0
     assert main(["multilabel4", "--root", str(tmp_path / "m"), "--num-images", "10", "--positives", "3", "2", "1",
@@ -123,6 +124,48 @@ def test_cli_runs_every_generator(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert main(["soft", "--root", str(tmp_path / "s"), "--if-missing"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert len(_rows(tmp_path / "m")) == 10 and len(_rows(tmp_path / "s")) == 12
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_dataset_with_size_classes_and_distribution(
+        capsys: pytest.CaptureFixture) -> None:
+    text = _help(["--help"], capsys)
+    listing = text.split("datasets (defaults: size, classes, distribution):")[1]
+    entries = {line.split()[0]: line for line in listing.replace("\n" + " " * 15, " ").splitlines()[1:]
+               if line.startswith("  ") and line.split()[0] in GENERATORS}
+    assert set(entries) == set(GENERATORS)
+    assert "20,000 RGB 48x48 images" in entries["counting"] and "30 ordinal classes" in entries["counting"]
+    assert "exponential tail (scale 5" in entries["counting"] and "groups of 8" in entries["counting"]
+    assert "1000 multi-label attributes" in entries["multilabel"] and "1.0 percent" in entries["multilabel"]
+    assert "2,000/500/1,000/250 positives" in entries["multilabel4"]
+    assert "3 colours" in entries["soft"] and "75 / 19 / 6 percent" in entries["soft"]
+    assert "10 ordinal classes 0..9" in entries["mnist-sum"] and "1,696 images" in entries["mnist-sum"]
+    assert "train 12,406 images" in entries["fashion-lt"] and "imbalance 100" in entries["fashion-lt"]
+    assert "test 10,000" in entries["fashion-lt"]
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_each_dataset_help_shows_every_option_with_its_default_and_a_description(
+        name: str, capsys: pytest.CaptureFixture) -> None:
+    text = _help([name, "--help"], capsys)
+    options = text.split("options:")[1]
+    # an option's lines: from its flag to the next flag (wrapped descriptions joined)
+    blocks = {block.split()[0]: " ".join(block.split()) for block in
+              ("\n" + options).split("\n  --")[1:]}
+    config_cls = GENERATORS[name].config_cls
+    for field in dataclasses.fields(config_cls):
+        flag = field.name.replace("_", "-")
+        block = blocks[flag]
+        assert field.metadata["help"] and field.metadata["help"].split()[0] in block, (flag, block)
+        assert f"(default: {field.default})" in block, (flag, block)
+    assert f"(default: {GENERATORS[name].default_root})" in blocks["root"]
+    assert "--overwrite" in text and "--if-missing" in text
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ about; a group never straddles two splits. Output: PNG files plus ``manifest.csv
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-MANIFEST_NAME = "manifest.csv"
+from tailsweep.data.generators.common import (
+    DISTRIBUTIONS,
+    manifest_path,
+    noise_option,
+    option,
+    seed_option,
+    split_option,
+    tail_weights,
+    write_manifest,
+)
+
 SPLITS = ("train", "val", "test")
 
 
@@ -26,22 +35,30 @@ SPLITS = ("train", "val", "test")
 class CountingConfig:
     """Size, classes and label distribution of the counting set (all are Hydra/CLI config values)."""
 
-    num_images: int = 20_000
-    num_classes: int = 30
-    image_size: int = 48
-    group_size: int = 8
-    distribution: str = "exponential"  # exponential: p(k) ~ exp(-k / scale); zipf: p(k) ~ (k + 1) ** -scale
-    scale: float = 5.0
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    noise_std: float = 12.0
-    seed: int = 0
+    num_images: int = option(20_000, "images to draw (a multiple of group_size)")
+    num_classes: int = option(30, "ordered classes: counts 0..num_classes-1")
+    image_size: int = option(48, "side of the square RGB images, in pixels (>= 16)")
+    group_size: int = option(8, "consecutive images that form one group (its summed count is the target)")
+    distribution: str = option("exponential", "count profile: exponential p(k) ~ exp(-k/scale), zipf p(k) ~ "
+                                              "(k+1)^-scale, or uniform", DISTRIBUTIONS)
+    scale: float = option(5.0, "scale of the exponential / exponent of the zipf profile")
+    split_fractions: tuple[float, float, float] = split_option("groups")
+    noise_std: float = noise_option(12.0)
+    seed: int = seed_option()
+
+    def describe(self) -> str:
+        """One line for ``tailsweep-generate --help``: size, classes, distribution."""
+        ratio = 1.0 / tail_weights(self.num_classes, self.distribution, self.scale)[-1]
+        return (f"synthetic: {self.num_images:,} RGB {self.image_size}x{self.image_size} images of "
+                f"0..{self.num_classes - 1} objects ({self.num_classes} ordinal classes), {self.distribution} tail "
+                f"(scale {self.scale:g}, head/tail {ratio:.0f}x), groups of {self.group_size}")
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ValueError(f"CountingConfig.num_classes must be >= 2, got {self.num_classes}")
-        if self.distribution not in ("exponential", "zipf", "uniform"):
+        if self.distribution not in DISTRIBUTIONS:
             raise ValueError(
-                f"CountingConfig.distribution must be one of exponential, zipf, uniform; got {self.distribution!r}"
+                f"CountingConfig.distribution must be one of {', '.join(DISTRIBUTIONS)}; got {self.distribution!r}"
             )
         if self.num_images < self.group_size or self.num_images % self.group_size:
             raise ValueError(
@@ -58,13 +75,7 @@ class CountingConfig:
 
 def label_distribution(config: CountingConfig) -> np.ndarray:
     """The target probability of each count ``k`` (float64, sums to 1)."""
-    k = np.arange(config.num_classes, dtype=np.float64)
-    if config.distribution == "exponential":
-        weights = np.exp(-k / config.scale)
-    elif config.distribution == "zipf":
-        weights = (k + 1.0) ** -config.scale
-    else:
-        weights = np.ones_like(k)
+    weights = tail_weights(config.num_classes, config.distribution, config.scale)
     return weights / weights.sum()
 
 
@@ -100,26 +111,16 @@ def generate_counting(root: str | Path, config: CountingConfig | None = None, *,
     half-replaced; files are written first and the manifest last, so a manifest exists only for a whole set.
     """
     config = config or CountingConfig()
-    root = Path(root)
-    manifest = root / MANIFEST_NAME
-    if manifest.exists() and not overwrite:
-        raise FileExistsError(f"generate_counting: {manifest} exists; pass overwrite=True to regenerate it")
+    manifest = manifest_path(root, "counting", overwrite)
+    root = manifest.parent
     rng = np.random.default_rng(config.seed)
     labels = rng.choice(config.num_classes, size=config.num_images, p=label_distribution(config))
     num_groups = config.num_images // config.group_size
     group_split = rng.choice(len(SPLITS), size=num_groups, p=np.asarray(config.split_fractions))
-    image_dir = root / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, label in enumerate(labels):
         relative = f"images/{index:06d}.png"
         _draw_image(rng, int(label), config).save(root / relative, optimize=False, compress_level=1)
         group = index // config.group_size
         rows.append((relative, int(label), group, SPLITS[group_split[group]]))
-    partial = manifest.with_suffix(".csv.partial")
-    with partial.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("path", "label", "group_id", "split"))
-        writer.writerows(rows)
-    partial.replace(manifest)
-    return manifest
+    return write_manifest(manifest, ("path", "label", "group_id", "split"), rows)

@@ -25,7 +25,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from tailsweep.data.generators.common import check_fractions, manifest_path, noisy, save_png, write_manifest
+from tailsweep.data.generators.common import (
+    check_fractions,
+    manifest_path,
+    noise_option,
+    noisy,
+    option,
+    save_png,
+    seed_option,
+    split_option,
+    write_manifest,
+)
 from tailsweep.data.splits import assign_splits, row_strata
 
 #: 16 colours far apart in RGB (no black: the background is dark).
@@ -43,17 +53,23 @@ MAX_PER_CELL = 4
 class MultilabelConfig:
     """Many attributes, each a colour in a grid cell, with Zipf-skewed frequencies and ~99% negatives."""
 
-    num_images: int = 4000
-    num_labels: int = 1000
-    image_size: int = 32
-    grid: int = 8
-    mean_positives: float = 10.0  # positives per image: 10 of 1000 = 1% positives
-    zipf: float = 1.0  # frequency of the r-th most common attribute ~ (r + 1) ** -zipf
-    max_frequency: float = 0.3
-    min_positives: int = 3
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    noise_std: float = 6.0
-    seed: int = 0
+    num_images: int = option(4000, "images to draw")
+    num_labels: int = option(1000, "attributes L (at most grid^2 * 16 colours)")
+    image_size: int = option(32, "side of the square RGB images, in pixels (a multiple of grid)")
+    grid: int = option(8, "cells per side; an attribute is a colour in one cell")
+    mean_positives: float = option(10.0, "positive attributes per image on average (10 of 1000 = 1% positives)")
+    zipf: float = option(1.0, "frequency of the r-th most common attribute ~ (r+1)^-zipf")
+    max_frequency: float = option(0.3, "cap on an attribute's positive rate")
+    min_positives: int = option(3, "every attribute is positive on at least this many images")
+    split_fractions: tuple[float, float, float] = split_option("images")
+    noise_std: float = noise_option(6.0)
+    seed: int = seed_option()
+
+    def describe(self) -> str:
+        """One line for ``tailsweep-generate --help``: size, labels, distribution."""
+        return (f"synthetic: {self.num_images:,} RGB {self.image_size}x{self.image_size} images, {self.num_labels} "
+                f"multi-label attributes, {self.mean_positives:g} positives an image "
+                f"({100 * self.mean_positives / self.num_labels:.1f} percent), Zipf({self.zipf:g}) frequencies")
 
     def __post_init__(self) -> None:
         capacity = self.grid**2 * len(PALETTE)
@@ -165,13 +181,20 @@ _SHAPE_COLOURS = ((220, 40, 40), (40, 200, 70), (50, 90, 230), (235, 220, 40))
 class Multilabel4Config:
     """Seed 003: 4 labels with a fixed number of positives each (2000/500/1000/250 of 8000), mostly all-zero."""
 
-    num_images: int = 8000
-    positives: tuple[int, ...] = (2000, 500, 1000, 250)
-    image_size: int = 32
-    unknown_fraction: float = 0.0
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    noise_std: float = 10.0
-    seed: int = 0
+    num_images: int = option(8000, "images to draw")
+    positives: tuple[int, ...] = option((2000, 500, 1000, 250), "positives of red_disc green_square blue_triangle "
+                                                                "yellow_cross")
+    image_size: int = option(32, "side of the square RGB images, in pixels (>= 16)")
+    unknown_fraction: float = option(0.0, "share of annotations recorded as -1 (unknown)")
+    split_fractions: tuple[float, float, float] = split_option("images")
+    noise_std: float = noise_option(10.0)
+    seed: int = seed_option()
+
+    def describe(self) -> str:
+        """One line for ``tailsweep-generate --help``: size, labels, distribution."""
+        counts = "/".join(f"{p:,}" for p in self.positives)
+        return (f"synthetic: {self.num_images:,} RGB {self.image_size}x{self.image_size} images, "
+                f"{len(MULTILABEL4_NAMES)} multi-label shapes with {counts} positives, most images all-negative")
 
     def __post_init__(self) -> None:
         if len(self.positives) != len(MULTILABEL4_NAMES) or not all(0 < p <= self.num_images

@@ -18,7 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tailsweep.data.generators.common import check_fractions, manifest_path, noisy, save_png, write_manifest
+from tailsweep.data.generators.common import (
+    check_fractions,
+    manifest_path,
+    noise_option,
+    noisy,
+    option,
+    save_png,
+    seed_option,
+    split_option,
+    write_manifest,
+)
 from tailsweep.data.splits import assign_splits, row_strata
 
 SOFT_NAMES = ("p_red", "p_green", "p_blue")
@@ -29,14 +39,22 @@ _COLOURS = np.array([(210, 50, 50), (50, 190, 70), (60, 80, 220)], dtype=np.uint
 class SoftConfig:
     """Images whose soft target is the fraction of pixels of each of 3 colours, with imbalanced mass."""
 
-    num_images: int = 4000
-    image_size: int = 32
-    concentration: tuple[float, float, float] = (4.0, 1.0, 0.3)
-    field_size: int = 4  # coarse grid of the random fields: blobs of about image_size / field_size pixels
-    field_std: float = 1.5
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    noise_std: float = 8.0
-    seed: int = 0
+    num_images: int = option(4000, "images to draw")
+    image_size: int = option(32, "side of the square RGB images, in pixels (>= 8)")
+    concentration: tuple[float, float, float] = option((4.0, 1.0, 0.3), "Dirichlet concentration of the red, "
+                                                                        "green, blue proportions")
+    field_size: int = option(4, "coarse grid of the random fields: blobs of about image_size/field_size pixels")
+    field_std: float = option(1.5, "std of the random fields (larger: more uneven partitions)")
+    split_fractions: tuple[float, float, float] = split_option("images")
+    noise_std: float = noise_option(8.0)
+    seed: int = seed_option()
+
+    def describe(self) -> str:
+        """One line for ``tailsweep-generate --help``: size, classes, distribution."""
+        mass = np.asarray(self.concentration) / sum(self.concentration)
+        return (f"synthetic: {self.num_images:,} RGB {self.image_size}x{self.image_size} images, soft targets over "
+                f"{len(SOFT_NAMES)} colours (pixel fractions), mean mass "
+                f"{' / '.join(f'{100 * m:.0f}' for m in mass)} percent")
 
     def __post_init__(self) -> None:
         if len(self.concentration) != len(SOFT_NAMES) or min(self.concentration) <= 0:
