@@ -98,15 +98,10 @@ def _contiguous(member: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     return lower, upper
 
 
-def cdf_intervals(probs: Tensor, threshold: float, top: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``{k : s(x, k) <= threshold}`` as ``(lower, upper)`` int64 ``[B]`` (contiguous), capped at ``top [B]``
-    (the largest value a row can take, e.g. ``n (C-1)`` for a group of ``n``) when given."""
+def cdf_intervals(probs: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """``{k : s(x, k) <= threshold}`` as ``(lower, upper)`` int64 ``[B]`` (contiguous)."""
     scores = cdf_scores_all(probs)
-    lower, upper = _contiguous(scores <= threshold, scores)
-    if top is not None:
-        upper = torch.minimum(upper, top.to(upper.device))
-        lower = torch.minimum(lower, upper)
-    return lower, upper
+    return _contiguous(scores <= threshold, scores)
 
 
 def aps_scores_all(probs: Tensor, raps_lambda: float = 0.0, raps_k_reg: int = 0) -> Tensor:
@@ -119,7 +114,8 @@ def aps_scores_all(probs: Tensor, raps_lambda: float = 0.0, raps_k_reg: int = 0)
 
 
 def aps_sets(probs: Tensor, threshold: float, raps_lambda: float = 0.0, raps_k_reg: int = 0) -> Tensor:
-    """Prediction sets ``[B, C]`` (bool): the classes whose APS/RAPS score is within ``threshold``, and the top class."""
+    """Prediction sets ``[B, C]`` (bool): the classes whose APS/RAPS score is within ``threshold``, plus the top
+    class."""
     member = aps_scores_all(probs, raps_lambda, raps_k_reg) <= threshold
     return member.scatter(1, probs.argmax(dim=1, keepdim=True), True)
 
@@ -160,6 +156,13 @@ class GroupSumPrediction:
     def top(self, num_classes: int) -> Tensor:
         """Largest value of each group's sum: ``n (C-1)``."""
         return self.sizes.long() * (num_classes - 1)
+
+    def cdf_intervals(self, threshold: float, num_classes: int) -> tuple[Tensor, Tensor]:
+        """``(lower, upper)`` of the sum values whose cdf score is within ``threshold``; ``threshold = L`` without
+        calibration gives the equal-tailed interval of mass ``>= L`` of the predicted sum distribution."""
+        lower, upper = _contiguous(self.scores <= threshold, self.scores)
+        upper = torch.minimum(upper, self.top(num_classes))
+        return torch.minimum(lower, upper), upper
 
 
 @dataclass
@@ -254,13 +257,9 @@ class ConformalCalibration:
         """``(lower, upper)`` of each group's sum with coverage >= ``level`` (for the sizes in ``group_sizes``)."""
         score = score or self.group_score
         threshold = self.group_threshold(level, score)
-        top = predicted.top(self.num_classes)
         if score == "residual":
-            return residual_intervals(predicted.mean, predicted.std, threshold, top)
-        scores = predicted.scores
-        lower, upper = _contiguous(scores <= threshold, scores)
-        upper = torch.minimum(upper, top)
-        return torch.minimum(lower, upper), upper
+            return residual_intervals(predicted.mean, predicted.std, threshold, predicted.top(self.num_classes))
+        return predicted.cdf_intervals(threshold, self.num_classes)
 
     # ------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, probs: Tensor, target: Tensor, group_ids: Tensor | None,
