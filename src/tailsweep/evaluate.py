@@ -4,6 +4,12 @@ When the checkpoint lies in a tailsweep run directory (``<run>/checkpoints/*.ckp
 ``data``, ``model`` and ``loss`` configs (``<run>/.hydra/config.yaml``) are used, so evaluation rebuilds exactly
 the trained model; pass ``use_train_config=false`` to take them from the command line instead. The ``callbacks``
 group (``plots`` by default) draws the split's prediction pictures into the eval run's ``plots/<split>/``.
+
+The run's stored post-hoc calibration and conformal scores for this checkpoint (``calibration.json``,
+``conformal.json``, see ``models/inference.py``) are applied as at test; ``calibrate=true`` fits them on the val
+split first (``calibration=temperature`` by default, ``calibration=none`` for the conformal scores only) and stores
+them with the checkpoint's run (new entries in those two files; the checkpoint and the other files stay as written).
+``rebuild_model`` is shared with ``tailsweep-predict``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tailsweep.models.build import build_model
+from tailsweep.models.inference import attach_saved_calibration, calibrate_on_validation
 from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.runtime import (
     METRICS_FILE,
@@ -41,29 +48,53 @@ def training_config(checkpoint: Path) -> DictConfig | None:
     return None
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Rebuild the model, load the checkpoint, evaluate ``cfg.split``; returns the metrics."""
+def checkpoint_path(cfg: DictConfig, command: str) -> Path:
+    """``cfg.ckpt_path`` as an existing file, else an error naming ``command``."""
     if not cfg.get("ckpt_path"):
-        raise ValueError("tailsweep-eval needs ckpt_path=<path to a .ckpt file>")
+        raise ValueError(f"{command} needs ckpt_path=<path to a .ckpt file>")
     checkpoint = Path(cfg.ckpt_path)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"tailsweep-eval: checkpoint {checkpoint} does not exist")
-    if cfg.split not in EVAL_SPLITS:
-        raise ValueError(f"tailsweep-eval: split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
+        raise FileNotFoundError(f"{command}: checkpoint {checkpoint} does not exist")
+    return checkpoint
+
+
+def training_parts(cfg: DictConfig, checkpoint: Path) -> DictConfig:
+    """``cfg`` with the ``data``, ``model`` and ``loss`` the checkpoint's run trained with (unless
+    ``use_train_config=false`` or the checkpoint is not in a run directory)."""
     saved = training_config(checkpoint) if cfg.get("use_train_config", True) else None
     if saved is not None:
         with open_dict(cfg):
             for key in ("data", "model", "loss"):
                 cfg[key] = saved[key]
+    return cfg
 
+
+def rebuild_model(cfg: DictConfig, stage: str) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The datamodule of ``cfg.data`` (set up for ``stage``: its training statistics shape the model) and the
+    untrained model of ``cfg.model`` and ``cfg.loss`` built from them."""
     datamodule: L.LightningDataModule = instantiate(cfg.data)
-    datamodule.setup("test")
-    model = build_model(cfg, datamodule)
+    datamodule.setup(stage)
+    return datamodule, build_model(cfg, datamodule)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Rebuild the model, load the checkpoint, evaluate ``cfg.split``; returns the metrics."""
+    checkpoint = checkpoint_path(cfg, "tailsweep-eval")
+    if cfg.split not in EVAL_SPLITS:
+        raise ValueError(f"tailsweep-eval: split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
+    cfg = training_parts(cfg, checkpoint)
+    datamodule, model = rebuild_model(cfg, "test")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")),
                                      logger=instantiate_list(cfg.get("logger")) or False)
+    levels = (cfg.get("calibration") or {}).get("levels", (0.8, 0.9))
+    if cfg.get("calibrate", False):
+        calibration = calibrate_on_validation(cfg.get("calibration"), trainer, model, datamodule, checkpoint)
+    else:
+        attach_saved_calibration(model, checkpoint, trainer, levels)
+        calibration = {}
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(model, datamodule=datamodule, ckpt_path=str(checkpoint), weights_only=False)
-    metrics = to_float_dict(trainer.callback_metrics)
+    metrics = to_float_dict(trainer.callback_metrics) | calibration
     write_json(output_dir() / METRICS_FILE, {"status": "completed", "checkpoint": str(checkpoint),
                                              "split": cfg.split, "metrics": metrics})
     print_metrics_table(metrics, f"{cfg.split} metrics of {checkpoint.name}")

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tailsweep.models.build import build_model
+from tailsweep.models.inference import calibrate_on_validation
 from tailsweep.utils.checkpointing import resolve_checkpoint
 from tailsweep.utils.distributed import (
     distributed_job_scope,
@@ -69,6 +70,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # post-hoc calibration and conformal scores fitted on val with the best weights, used by the test below
+        metrics.update(calibrate_on_validation(cfg.get("calibration"), trainer, model, datamodule, best or None))
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update(to_float_dict(trainer.callback_metrics))
     else:

@@ -19,6 +19,7 @@ from tailsweep.losses.base import TailLoss
 from tailsweep.metrics.collections import build_metric_collection
 from tailsweep.models.backbones import build_backbone
 from tailsweep.models.calibration import PriorCorrection
+from tailsweep.models.posthoc import TemperatureScaling
 
 NONFINITE_POLICIES = ("raise", "skip")
 
@@ -88,6 +89,8 @@ class TailClassifier(L.LightningModule):
         self.loss = loss
         self.correction = PriorCorrection.build(statistics, loss.prior_shift(), sample_shift, target_prior)
         self.report_raw = prior_correction and self.correction.active
+        # post-hoc calibration after the prior correction: the identity until fitted on val (models/posthoc.py)
+        self.posthoc = TemperatureScaling(statistics.task)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         names = dict(metrics or {})
@@ -145,10 +148,15 @@ class TailClassifier(L.LightningModule):
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         return None
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
-        outputs, loss = self._step(batch)
+    def reported_probabilities(self, outputs: Tensor) -> tuple[Tensor, Tensor]:
+        """The head's raw probabilities and the reported ones (prior-corrected, then post-hoc calibrated)."""
         raw = self.loss.probabilities(outputs)
         reported = self.correction(raw) if self.hparams.prior_correction else raw
+        return raw, self.posthoc(reported)
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        outputs, loss = self._step(batch)
+        raw, reported = self.reported_probabilities(outputs)
         metrics, raw_metrics = (self.val_metrics, self.val_raw_metrics) if stage == "val" else (
             self.test_metrics, self.test_raw_metrics)
         metrics.update(reported, batch["target"], group_id=batch["group_id"])
@@ -156,7 +164,8 @@ class TailClassifier(L.LightningModule):
             raw_metrics.update(raw, batch["target"], group_id=batch["group_id"])
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=outputs.shape[0], sync_dist=True)
         # returned for callbacks (plots) that collect predictions at the end of an evaluation epoch
-        step = {"probabilities": raw, "target": batch["target"], "group_id": batch["group_id"]}
+        step = {"probabilities": raw, "target": batch["target"], "group_id": batch["group_id"],
+                "reported_probabilities": reported}
         if self.report_raw:
             step["corrected_probabilities"] = reported
         return step
