@@ -21,7 +21,9 @@ def train_cli(args: list[str], data_dir: Path, log_dir: Path, *, base: list[str]
                 "seed=5", "callbacks.early_stopping=null", *QUIET]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
                    "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
-    command = [sys.executable, "-m", module, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", *base, *args]
+    flags = [a for a in args if a in ("-m", "--multirun")]  # Hydra's flags come before the overrides
+    command = [sys.executable, "-m", module, *flags, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", *base,
+               *(a for a in args if a not in flags)]
     return subprocess.run(command, cwd=log_dir, env=environment, capture_output=True, text=True, timeout=600)
 
 

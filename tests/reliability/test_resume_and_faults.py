@@ -14,7 +14,7 @@ import torch
 from tailsweep.models.module import NonFiniteLossError
 from tailsweep.train import train
 from tailsweep.utils.checkpointing import AtomicCheckpointIO, resolve_checkpoint
-from tailsweep.utils.runtime import FAILURE_FILE, METRICS_FILE
+from tailsweep.utils.runtime import FAILURE_FILE, METRICS_FILE, SIGTERM_EXIT_CODE
 from tests.helpers.runs import only_run, train_cli
 
 
@@ -50,6 +50,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(counting_root: Path, tmp
 def test_sigterm_saves_a_checkpoint_and_records_the_interruption(counting_root: Path, tmp_path: Path) -> None:
     result = train_cli(["+callbacks.term._target_=tests.helpers.faults.SignalAtStep", "+callbacks.term.step=4",
                          "+callbacks.term.signal_name=SIGTERM"], counting_root.parent, tmp_path)
+    assert result.returncode == SIGTERM_EXIT_CODE == 143  # Lightning's SIGTERMException alone exits 0
     run = only_run(tmp_path)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert checkpoint["global_step"] == 4

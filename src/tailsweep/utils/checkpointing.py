@@ -126,7 +126,7 @@ def resolve_checkpoint(ckpt_path: str | None, runs_dir: str | os.PathLike) -> st
     if ckpt_path == "last":
         found, note = latest_run_checkpoint(runs_dir)
         if found is None:
-            raise FileNotFoundError(f"ckpt_path=last: no loadable {CHECKPOINT_DIR}/{LAST_CHECKPOINT} (nor any other "
+            raise FileNotFoundError(f"ckpt_path=last: no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} (nor any other loadable "
                                     f"checkpoint) under {runs_dir}")
         if note:
             log.warning("ckpt_path=last: %s", note)
@@ -142,10 +142,22 @@ def resolve_checkpoint(ckpt_path: str | None, runs_dir: str | os.PathLike) -> st
     return str(path.resolve())
 
 
+def slurm_run_name() -> str | None:
+    """``slurm-<job id>`` (``slurm-<array job>_<task>``) inside a SLURM job, else None."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job else None
+
+
 def resume_run_dir(ckpt_path: str | None, runs_dir: str, default: str) -> str:
-    """Hydra resolver for ``hydra.run.dir``: resuming continues in the checkpoint's run directory."""
+    """Hydra resolver for ``hydra.run.dir``: resuming continues in the checkpoint's run directory.
+
+    Inside a SLURM job the directory is ``<runs>/slurm-<job id>``: a job that Lightning's ``SLURMEnvironment``
+    requeued (``auto_requeue``) runs the same command again, finds its run directory and resumes from it.
+    """
     if ckpt_path in (None, "", "None", "null"):
-        return default
+        slurm = slurm_run_name()
+        return f"{runs_dir}/{slurm}" if slurm else default
     try:
         checkpoint = resolve_checkpoint(ckpt_path, runs_dir)
     except (OSError, ValueError):
