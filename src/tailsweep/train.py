@@ -6,6 +6,8 @@ classes, class statistics) is passed explicitly here, never hard-coded in a conf
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 import lightning as L
 from hydra.utils import instantiate
@@ -13,13 +15,13 @@ from omegaconf import DictConfig
 
 from tailsweep.models.build import build_model
 from tailsweep.models.inference import calibrate_on_validation
-from tailsweep.utils.checkpointing import resolve_checkpoint
 from tailsweep.utils.distributed import (
     distributed_job_scope,
     launch_ranks_as_single_jobs,
     validate_trainer_config,
 )
 from tailsweep.utils.paths import config_dir, register_resolvers
+from tailsweep.utils.resume import begin_attempt, completed_job_metrics, job_checkpoint, resume_command_line
 from tailsweep.utils.runtime import (
     METRICS_FILE,
     instantiate_list,
@@ -48,11 +50,16 @@ def check_monitor(monitor: str | None, model: L.LightningModule) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test; returns the final metrics (also written to ``metrics.json`` in the run directory)."""
+    # --- resume (utils/resume.py): a re-run sweep's finished job is skipped, an interrupted one continues
+    done = completed_job_metrics(cfg)
+    if done is not None:
+        return done
+    # ---
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     validate_trainer_config(cfg.trainer)
-    checkpoint = resolve_checkpoint(cfg.get("ckpt_path"), f"{cfg.paths.log_dir}/{cfg.task_name}/runs")
+    checkpoint = job_checkpoint(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
     model = build_model(cfg, datamodule)
@@ -61,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    begin_attempt(output_dir(), checkpoint, loggers)  # resume: earlier attempts' files set aside, never lost
     for logger in loggers:
         logger.log_hyperparams(resolved_config(cfg))
 
@@ -84,11 +92,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Entry point; returns the optimised metric so Hydra sweepers (Optuna) can use it."""
+def hydra_main(cfg: DictConfig) -> float | None:
+    """The Hydra app; returns the optimised metric so Hydra sweepers (Optuna) can use it."""
     with distributed_job_scope():
         metrics = run_task(train, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+def main() -> float | None:
+    """Entry point: a resume (``ckpt_path=...``) re-composes the run's own overrides, the new ones on top."""
+    sys.argv = resume_command_line(sys.argv, config_dir(), "train")
+    return hydra_main()
 
 
 if __name__ == "__main__":

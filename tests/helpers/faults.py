@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -14,15 +15,26 @@ from tailsweep.losses.multiclass import CrossEntropyLoss
 
 
 class SignalAtStep(Callback):
-    """Send ``signal_name`` (SIGKILL, SIGTERM) to this process after training batch ``step`` (global step)."""
+    """Send ``signal_name`` (SIGKILL, SIGTERM, SIGUSR1) to this process after training batch ``step`` (global step).
 
-    def __init__(self, step: int, signal_name: str = "SIGKILL") -> None:
+    ``once=True``: only in the first attempt of a run (a marker file in the run directory remembers the signal), so
+    that the same command, re-run to resume, trains on.
+    """
+
+    def __init__(self, step: int, signal_name: str = "SIGKILL", once: bool = False) -> None:
         self.step = step
         self.signal = getattr(signal, signal_name)
+        self.once = once
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signal)
+        if trainer.global_step != self.step:
+            return
+        marker = Path(trainer.default_root_dir) / f".sent-{self.signal.name}-at-{self.step}"
+        if self.once:
+            if marker.exists():
+                return
+            marker.touch()
+        os.kill(os.getpid(), self.signal)
 
 
 class NaNAfterStep(CrossEntropyLoss):

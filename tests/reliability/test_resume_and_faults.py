@@ -6,8 +6,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,25 +14,8 @@ import torch
 from tailsweep.models.module import NonFiniteLossError
 from tailsweep.train import train
 from tailsweep.utils.checkpointing import AtomicCheckpointIO, resolve_checkpoint
-from tailsweep.utils.runtime import FAILURE_FILE, METRICS_FILE
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _train_cli(args: list[str], data_dir: Path, log_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    base = [f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", "data.image_size=24", "data.batch_size=32",
-            "trainer.max_epochs=3", "trainer.deterministic=true", "seed=5", "callbacks.early_stopping=null",
-            "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false"]
-    return subprocess.run([sys.executable, "-m", "tailsweep.train", *base, *args], cwd=log_dir, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def _only_run(log_dir: Path) -> Path:
-    runs = list((log_dir / "train" / "runs").iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
+from tailsweep.utils.runtime import FAILURE_FILE, METRICS_FILE, SIGTERM_EXIT_CODE
+from tests.helpers.runs import only_run, train_cli
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(counting_root: Path, tmp_path: Path) -> None:
@@ -42,20 +23,21 @@ def test_resume_after_sigkill_matches_uninterrupted_run(counting_root: Path, tmp
     straight_logs, crashed_logs = tmp_path / "straight", tmp_path / "crashed"
     straight_logs.mkdir()
     crashed_logs.mkdir()
-    done = _train_cli([], data_dir, straight_logs)
+    done = train_cli([], data_dir, straight_logs)
     assert done.returncode == 0, done.stderr[-3000:]
-    expected = json.loads((_only_run(straight_logs) / METRICS_FILE).read_text())["metrics"]
+    expected = json.loads((only_run(straight_logs) / METRICS_FILE).read_text())["metrics"]
 
     # 9 batches per epoch: step 13 is in the middle of the second epoch
-    killed = _train_cli(["+callbacks.kill._target_=tests.helpers.faults.SignalAtStep", "+callbacks.kill.step=13"],
+    killed = train_cli(["+callbacks.kill._target_=tests.helpers.faults.SignalAtStep", "+callbacks.kill.step=13"],
                         data_dir, crashed_logs)
     assert killed.returncode == -signal.SIGKILL
-    run = _only_run(crashed_logs)
+    run = only_run(crashed_logs)
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / METRICS_FILE).exists()
 
-    resumed = _train_cli(["ckpt_path=last"], data_dir, crashed_logs)
+    # the run's own overrides are re-composed: its kill callback too, unless the resume removes it
+    resumed = train_cli(["ckpt_path=last", "~callbacks.kill"], data_dir, crashed_logs)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _only_run(crashed_logs) == run  # resumed into the same run directory
+    assert only_run(crashed_logs) == run  # resumed into the same run directory
     got = json.loads((run / METRICS_FILE).read_text())["metrics"]
     for key in ("test/loss", "test/accuracy", "test/argmax_mae", "val/loss"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
@@ -66,9 +48,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(counting_root: Path, tmp
 
 
 def test_sigterm_saves_a_checkpoint_and_records_the_interruption(counting_root: Path, tmp_path: Path) -> None:
-    result = _train_cli(["+callbacks.term._target_=tests.helpers.faults.SignalAtStep", "+callbacks.term.step=4",
+    result = train_cli(["+callbacks.term._target_=tests.helpers.faults.SignalAtStep", "+callbacks.term.step=4",
                          "+callbacks.term.signal_name=SIGTERM"], counting_root.parent, tmp_path)
-    run = _only_run(tmp_path)
+    assert result.returncode == SIGTERM_EXIT_CODE == 143  # Lightning's SIGTERMException alone exits 0
+    run = only_run(tmp_path)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert checkpoint["global_step"] == 4
     assert json.loads((run / FAILURE_FILE).read_text())["status"] == "interrupted"

@@ -31,10 +31,14 @@ def config_dir() -> str:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` and ``${resume_run_dir:ckpt,runs,default}`` for configs; idempotent."""
+    """``${project_root:}``, ``${resume_run_dir:ckpt,runs,default}`` and ``${run_config_subdir:dir,mode,ckpt}``
+    for configs; idempotent."""
     from tailsweep.utils.checkpointing import resume_run_dir
+    from tailsweep.utils.resume import run_config_subdir
 
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("resume_run_dir"):
         OmegaConf.register_new_resolver("resume_run_dir", resume_run_dir)
+    if not OmegaConf.has_resolver("run_config_subdir"):
+        OmegaConf.register_new_resolver("run_config_subdir", run_config_subdir)

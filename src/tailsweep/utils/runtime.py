@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,9 @@ from rich.table import Table
 
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
+#: exit status of a run stopped by SIGTERM (pre-emption), as a shell reports a process killed by the signal;
+#: non-zero, so schedulers and retry wrappers see that the run did not finish
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 def instantiate_list(config: DictConfig | None) -> list[Any]:
@@ -68,6 +72,14 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def read_status(run_dir: Path) -> str | None:
+    """``status`` of ``<run_dir>/metrics.json`` (``completed``), None when it is absent or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / METRICS_FILE).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -75,7 +87,9 @@ def is_multirun() -> bool:
 def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> dict[str, float]:
     """Run ``task`` and record its outcome in the run directory.
 
-    A failure is written to ``failure.json`` (error and traceback). In a multirun the job then returns an empty
+    A failure is written to ``failure.json`` (error and traceback); SIGTERM (pre-emption, after
+    ``CheckpointOnSigterm`` saved ``last.ckpt``) records ``status: interrupted`` and exits with
+    ``SIGTERM_EXIT_CODE`` (143). In a multirun the job then returns an empty
     result so that the other jobs of the sweep still run; in a single run the error is re-raised (non-zero exit).
     Either way an active W&B run is finished with the job's exit code (1 on failure), so a failed job is not marked
     as finished OK and the next job of a multirun gets its own run.
@@ -89,9 +103,11 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         exit_code = 0
         return metrics
     except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit with status 0: a pre-empted run would look finished
         write_json(run_dir / FAILURE_FILE, {"status": "interrupted", "error": "SIGTERM: resume with ckpt_path=last",
+                                            "exit_code": SIGTERM_EXIT_CODE,
                                             "overrides": list(HydraConfig.get().overrides.task)})
-        raise
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
     except Exception as error:
         write_json(run_dir / FAILURE_FILE, {
             "status": "failed",
