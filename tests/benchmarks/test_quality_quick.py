@@ -98,3 +98,15 @@ def test_quick_mode_runs_every_sweep_and_writes_both_tables(tmp_path: Path) -> N
         assert (out / name / "comparison.png").stat().st_size > 0
         for metric in metrics:
             assert metric in report
+
+
+def test_real_image_tables_are_opt_in_and_their_losses_are_read_from_the_configs() -> None:
+    run = load_runner()
+    assert [name for name, b in run.BENCHMARKS.items() if not b.default] == ["mnist_sum", "fashion_lt"]
+    assert run.BENCHMARKS["fashion_lt"].data_subdir == "fashion_lt" and run.BENCHMARKS["counting"].data_subdir == (
+        "counting")
+    multiclass, _ = run.loss_configs("multiclass")
+    assert {"ce", "balanced_softmax", "ldam", "logit_adjusted"} <= set(multiclass) and "rps" not in multiclass
+    # peer configs may be spelled peer_x or peer/x: both pick the config that exists
+    assert run.pick_losses(["peer/corn", "ce", "nope", "ce"], ["ce", "peer_corn"]) == ["peer_corn", "ce"]
+    assert run.pick_losses(["peer_corn"], ["peer/corn"]) == ["peer/corn"]

@@ -142,7 +142,8 @@ def generate_fashion_lt(root: str | Path, config: FashionLTConfig | None = None,
                                            ("val", train_images, train_labels, from_train["val"]),
                                            ("test", test_images, test_labels, from_test["test"])):
         (manifest.parent / "images" / split).mkdir(exist_ok=True)
-        for index in indices:
+        # rows in random order, not class by class: a first batch (fast_dev_run, limit_*_batches) sees every class
+        for index in rng.permutation(indices):
             relative = f"images/{split}/{index:05d}.png"
             save_png(images[index], manifest.parent / relative)
             rows.append((relative, int(labels[index]), split, int(index)))
