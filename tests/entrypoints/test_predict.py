@@ -212,3 +212,27 @@ def test_eval_calibrate_adds_entries_and_leaves_the_checkpoint_as_written(traine
     assert entries["last.ckpt"]["method"] == "temperature"
     assert "last.ckpt" in json.loads((trained_run / "conformal.json").read_text())["checkpoints"]
     assert metrics["calibration/nll_after"] <= metrics["calibration/nll_before"] + 1e-9
+
+
+@pytest.mark.parametrize("overrides", [["data.images=/x"], ["data=folder", "data.root=/x"], ["data.manifest=/x.csv"],
+                                       ["data=manifest", "data.manifest=/x.csv"]])
+def test_predict_config_composes_with_each_way_of_naming_the_images(overrides: list[str]) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("predict", overrides=["ckpt_path=x.ckpt", *overrides], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    given = {key: value for key, value in (o.removeprefix("data.").split("=") for o in overrides if "." in o)}
+    assert {key: cfg.data[key] for key in given} == given
+    assert cfg.predict.levels == [0.8, 0.9] and cfg.predict.on_bad_image == "raise"
+    assert "/predict/runs/" in cfg.hydra.run.dir  # never the checkpoint's training run
+
+
+@pytest.mark.parametrize("option", ["none", "temperature"])
+def test_calibration_group_composes_with_train_and_eval(option: str) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        train = compose("train", overrides=[f"calibration={option}"])
+        evaluation = compose("eval", overrides=["ckpt_path=x.ckpt", f"calibration={option}"])
+    GlobalHydra.instance().clear()
+    assert train.calibration.method == evaluation.calibration.method == option
+    assert train.calibration.levels == [0.8, 0.9] and train.calibration.group_score == "rank"
