@@ -79,7 +79,7 @@ def test_fit_posthoc_reports_before_and_after_and_lowers_the_nll() -> None:
 
 def test_unknown_method_and_bad_temperatures_are_named() -> None:
     probs, labels = _synthetic(10, 3, 1.0)
-    with pytest.raises(ValueError, match="calibration.method"):
+    with pytest.raises(ValueError, match=r"calibration\.method"):
         fit_posthoc(probs, labels, "multiclass", "platt")
     with pytest.raises(ValueError, match="per_label"):
         fit_temperature(probs, labels, "multiclass", per_label=True)
