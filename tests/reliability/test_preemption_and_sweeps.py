@@ -70,8 +70,9 @@ def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes(counti
              "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     logs = tmp_path / "logs"
     logs.mkdir()
-    # SLURM's warning signal at step 3, then the time limit's kill at step 6; the requeued job runs the same command
-    faults = ["+callbacks.usr1._target_=tests.helpers.faults.SignalAtStep", "+callbacks.usr1.step=3",
+    # SLURM's warning signal at step 5 (mid-epoch 2; last.ckpt is of step 4), then the time limit's kill at step 6;
+    # the requeued job runs the same command
+    faults = ["+callbacks.usr1._target_=tests.helpers.faults.SignalAtStep", "+callbacks.usr1.step=5",
               "+callbacks.usr1.signal_name=SIGUSR1", "+callbacks.usr1.once=true",
               "+callbacks.kill._target_=tests.helpers.faults.SignalAtStep", "+callbacks.kill.step=6",
               "+callbacks.kill.once=true"]
@@ -84,7 +85,7 @@ def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes(counti
     requeued = train_cli(faults, counting_root.parent, logs, base=SHORT, env=slurm)
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert only_run(logs) == run and (run / ".hydra" / "attempt-1").is_dir()
-    assert "hpc_ckpt_1.ckpt" in requeued.stderr
+    assert f"resuming {run} from {run / 'hpc_ckpt_1.ckpt'}" in requeued.stderr  # newer than last.ckpt
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
 
 

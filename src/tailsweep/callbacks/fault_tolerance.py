@@ -51,3 +51,47 @@ class EpochSeeder(Callback):
         random.seed(epoch_seed)
         np.random.seed(epoch_seed)
         torch.manual_seed(epoch_seed)
+
+
+#: scheduler state that is progress (restored from the checkpoint), not hyperparameters (taken from the config)
+_SCHEDULER_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lrs", "_get_lr_called_within_step",
+                                 "_is_initial", "verbose", "optimizer"})
+
+
+class ScheduleOverTheNewBudget(Callback):
+    """On resume, the learning-rate schedule keeps its progress but takes its hyperparameters from the config.
+
+    Lightning restores the whole scheduler state, hyperparameters included: "train longer"
+    (``ckpt_path=last trainer.max_epochs=2`` on a 1-epoch run) kept cosine's ``T_max=1`` and trained the new epoch
+    at lr 0. The rule: the epochs already trained stay as they were, and epoch ``e`` of the resumed run gets the
+    learning rate the schedule built for the new budget gives epoch ``e`` (cosine: ``eta_min + (lr0 - eta_min)
+    (1 + cos(pi e / T_max)) / 2`` with the new ``T_max = max_epochs``), which is above 0 for every ``e < T_max``.
+    The configured schedulers are read in ``on_fit_start`` (before Lightning restores their state) and their
+    hyperparameters put back in ``on_train_start`` (after), with the learning rate of the current epoch.
+    """
+
+    def __init__(self) -> None:
+        self._configured: list[dict] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._configured = [dict(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        for config, configured in zip(trainer.lr_scheduler_configs, self._configured, strict=False):
+            scheduler = config.scheduler
+            restored = scheduler.state_dict()
+            changed = {k: v for k, v in configured.items() if k not in _SCHEDULER_PROGRESS and restored.get(k) != v}
+            if not changed:
+                continue
+            scheduler.__dict__.update(changed)
+            closed_form = getattr(scheduler, "_get_closed_form_lr", None)
+            if closed_form is not None:
+                rates = closed_form()
+                for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+                    group["lr"] = rate
+                scheduler._last_lr = list(rates)
+            rank_zero_info(f"resume: {type(scheduler).__name__} continues at epoch {scheduler.last_epoch} with the "
+                           f"config's {changed} (the checkpoint had {({k: restored.get(k) for k in changed})}); "
+                           f"lr now {[group['lr'] for group in scheduler.optimizer.param_groups]}")
