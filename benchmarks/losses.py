@@ -194,13 +194,13 @@ def main() -> None:
         widths = [args.labels] if task == "multilabel" else args.classes
         for num_classes in widths:
             loss = instantiate(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
-            loss.bind(statistics_for(task, num_classes))
+            loss = loss.bind(statistics_for(task, num_classes))
             loss = loss.to(device)
-            width = loss.num_outputs(num_classes)
+            width = loss.parametrization.num_outputs(num_classes)
             # outputs as the loss's own head produces them (cosines for LDAM, ordered cumulative logits for the
             # cumulative link model), from random features
             with torch.no_grad():
-                head = loss.make_head(64, num_classes).to(device)
+                head = loss.parametrization.make_head(64, num_classes).to(device)
                 outputs = head(torch.randn(args.batch, 64, device=device) * 4.0)
             target = make_target(task, args.batch, num_classes, device)
             labels = target if task in ("multiclass", "ordinal") else torch.randint(0, num_classes, (args.batch,),

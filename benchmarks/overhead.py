@@ -208,14 +208,15 @@ def micro_costs(model: Any, batch: dict[str, Tensor], repeats: int, sync: Callab
         outputs = model(batch["image"])
     target = batch["target"]
     loss = F.cross_entropy(outputs, target)
-    probabilities = model.loss.probabilities(outputs)
+    probabilities = model.parametrization.probabilities(outputs)
     unvalidated = build_metric_collection(model.task, model.num_classes, stage="train", validate_args=False,
                                           prefix="train/").to(outputs.device)
     pieces: dict[str, Callable[[], object]] = {
         "`if not torch.isfinite(loss)` (non-finite check)": lambda: bool(torch.isfinite(loss)),
         "`check_class_target` (CrossEntropy's label range check)":
             lambda: check_class_target("CrossEntropy", outputs, target, model.num_classes),
-        "`loss.probabilities(outputs)` (softmax for the metrics)": lambda: model.loss.probabilities(outputs),
+        "`parametrization.probabilities(outputs)` (softmax for the metrics)":
+            lambda: model.parametrization.probabilities(outputs),
         "`train_metrics.update` (default, validate_args=True)": lambda: model.train_metrics.update(probabilities,
                                                                                                   target),
         "`train_metrics.update` with validate_args=False": lambda: unvalidated.update(probabilities, target),

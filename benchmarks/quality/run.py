@@ -6,7 +6,7 @@
     python benchmarks/quality/run.py --benchmarks mnist_sum fashion_lt --quick   # their smoke run
 
 Counting (the embedded ordinal set, 30 classes, groups of 8): every config in ``configs/loss/`` whose loss accepts
-ordinal labels (this library's multi-class and ordinal losses, and the ``peer_*`` adapters of coral-pytorch and
+ordinal labels (this library's multi-class and ordinal losses, and the ``peer/*`` adapters of coral-pytorch and
 dlordinal), 3 seeds each, tiny CNN at 32x32 pixels, the same fixed budget of optimizer steps. Multi-label (the
 embedded 1000-attribute set): every multi-label config (BCE, sigmoid focal, ASL, timm's ASL, class-balanced BCE)
 plus BCE with ``pos_weight=neg_pos``. The jobs run as Hydra multiruns of ``tailsweep.train`` (one process per
@@ -66,7 +66,7 @@ COMMON_OVERRIDES = (
 PEER_MODULES = {"PeerCORALLoss": "coral_pytorch", "PeerCORNLoss": "coral_pytorch", "PeerCDWCELoss": "dlordinal",
                 "PeerEMDLoss": "dlordinal", "PeerSoftLabelLoss": "dlordinal", "PeerAsymmetricLoss": "timm"}
 #: peer configs whose library counterpart has another name (our ``unimodal`` has a ``distribution`` option)
-PEER_COUNTERPARTS = {"peer_binomial": "unimodal", "peer_poisson": "unimodal", "peer_triangular": "unimodal"}
+PEER_COUNTERPARTS = {"peer/binomial": "unimodal", "peer/poisson": "unimodal", "peer/triangular": "unimodal"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ BENCHMARKS = {
                  "test/group_sum_mae"),
         # 4 epochs of 60 batches of 128 (30,720 images, about 2 passes over the 16k training images) at 32x32
         budget=("data.image_size=32", "trainer.max_epochs=4", "trainer.limit_train_batches=60"),
-        quick_losses=("ce", "rps", "peer_coral", "peer_emd"),
+        quick_losses=("ce", "rps", "peer/coral", "peer/emd"),
     ),
     "multilabel": Benchmark(
         name="multilabel",
@@ -111,7 +111,7 @@ BENCHMARKS = {
         # 10 epochs of the 3.2k training images (25 batches), validated at epochs 5 and 10 (mAP over 1000 labels
         # costs as much as an epoch)
         budget=("trainer.max_epochs=10", "trainer.check_val_every_n_epoch=5"),
-        quick_losses=("bce", "peer_asl"),
+        quick_losses=("bce", "peer/asl"),
         extra_variants=(("loss=bce", "loss.pos_weight=neg_pos"),),
     ),
     "mnist_sum": Benchmark(
@@ -124,7 +124,7 @@ BENCHMARKS = {
                  "test/ece"),
         # 1,696 images, 1,352 for training (10 batches of 128 with drop_last): 25 epochs = 250 optimizer steps
         budget=("trainer.max_epochs=25",),
-        quick_losses=("ce", "rps", "corn", "peer_corn"),
+        quick_losses=("ce", "rps", "corn", "peer/corn"),
         default=False,
     ),
     "fashion_lt": Benchmark(
@@ -155,9 +155,10 @@ def merge_overrides(base: Sequence[str], replacements: Sequence[str]) -> tuple[s
 
 def loss_configs(task: str) -> tuple[list[str], list[str]]:
     """The loss configs whose loss accepts ``task`` targets (read from the class, not a list kept by hand), and
-    the peer configs skipped because their library is missing."""
+    the peer configs skipped because their library is missing. Names as ``loss=`` takes them (``peer/corn``)."""
     chosen, skipped = [], []
-    for path in sorted(LOSS_DIR.glob("*.yaml")):
+    for path in sorted(LOSS_DIR.rglob("*.yaml")):
+        name = path.relative_to(LOSS_DIR).with_suffix("").as_posix()
         target = OmegaConf.load(path)._target_
         module_name, _, class_name = target.rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -165,9 +166,9 @@ def loss_configs(task: str) -> tuple[list[str], list[str]]:
             continue
         peer = PEER_MODULES.get(class_name)
         if peer is not None and importlib.util.find_spec(peer) is None:
-            skipped.append(path.stem)
+            skipped.append(name)
             continue
-        chosen.append(path.stem)
+        chosen.append(name)
     return chosen, skipped
 
 
@@ -255,9 +256,9 @@ def short_label(row: SummaryRow) -> SummaryRow:
 
 def row_order(row: SummaryRow) -> tuple[str, bool, str]:
     """Each peer's row right after the library's loss it implements too: the one of the same name (``coral``,
-    ``peer_coral``) or its ``PEER_COUNTERPARTS`` entry (dlordinal's soft-label losses under ``unimodal``)."""
+    ``peer/coral``) or its ``PEER_COUNTERPARTS`` entry (dlordinal's soft-label losses under ``unimodal``)."""
     name = row.label.split(" ")[0]
-    return PEER_COUNTERPARTS.get(name, name.removeprefix("peer_")), name.startswith("peer_"), row.label
+    return PEER_COUNTERPARTS.get(name, name.removeprefix("peer/")), name.startswith("peer/"), row.label
 
 
 def report(benchmark: Benchmark, sweeps: Sequence[Sweep], out: Path) -> tuple[str, int]:

@@ -23,8 +23,8 @@ METRICS = {
                  "test/group_sum_mae"],
     "multilabel": ["test/map", "test/top5_recall", "test/ece"],
 }
-RUNS = {"counting": {"ce", "rps", "peer_coral", "peer_emd"},
-        "multilabel": {"bce", "bce pos_weight=neg_pos", "peer_asl"}}
+RUNS = {"counting": {"ce", "rps", "peer/coral", "peer/emd"},
+        "multilabel": {"bce", "bce pos_weight=neg_pos", "peer/asl"}}
 
 
 def load_runner():
@@ -39,7 +39,7 @@ def test_plan_deals_every_loss_once_and_the_report_lists_failures(tmp_path: Path
     run = load_runner()
     counting, multilabel = run.BENCHMARKS["counting"], run.BENCHMARKS["multilabel"]
     losses, _ = run.loss_configs("ordinal")
-    assert {"ce", "rps", "coral", "peer_coral", "peer_emd"} <= set(losses) and "bce" not in losses
+    assert {"ce", "rps", "coral", "peer/coral", "peer/emd"} <= set(losses) and "bce" not in losses
     sweeps = run.plan(counting, losses, 2, tmp_path) + run.plan(multilabel, ["bce", "asl"], 2, tmp_path)
     assert sorted(name for s in sweeps if s.benchmark is counting for name in s.losses) == sorted(losses)
     assert [s.extra for s in sweeps if s.benchmark is multilabel] == [(), (), ("loss.pos_weight=neg_pos",)]
@@ -48,8 +48,8 @@ def test_plan_deals_every_loss_once_and_the_report_lists_failures(tmp_path: Path
     assert sum(loads) == len(losses) + 3 and max(loads) - min(loads) <= 1
     assert run.merge_overrides(("a=1", "b=2"), ("b=3", "c=4")) == ("a=1", "b=3", "c=4")
 
-    sweep = run.Sweep(counting, ["peer_coral", "coral"], (), tmp_path / "counting" / "w0", returncode=0)
-    jobs = [("peer_coral", 1, {"test/rps": 2.0}), ("coral", 1, {"test/rps": 1.0}), ("coral", 2, {"test/rps": 3.0}),
+    sweep = run.Sweep(counting, ["peer/coral", "coral"], (), tmp_path / "counting" / "w0", returncode=0)
+    jobs = [("peer/coral", 1, {"test/rps": 2.0}), ("coral", 1, {"test/rps": 1.0}), ("coral", 2, {"test/rps": 3.0}),
             ("coral", 3, None)]
     for number, (loss, seed, metrics) in enumerate(jobs):
         job = sweep.directory / str(number)
@@ -60,18 +60,18 @@ def test_plan_deals_every_loss_once_and_the_report_lists_failures(tmp_path: Path
     table, failed = run.report(dataclasses.replace(counting, metrics=("test/rps",)), [sweep], tmp_path)
     assert failed == 1
     lines = [line for line in table.splitlines() if line.startswith("| ") and "run" not in line]
-    assert [line.split(" | ")[0] for line in lines] == ["| coral", "| coral seed=3 [job 3]", "| peer_coral"]
+    assert [line.split(" | ")[0] for line in lines] == ["| coral", "| coral seed=3 [job 3]", "| peer/coral"]
     assert "**2 ± 1.4**" in lines[0] and "failed: boom" in lines[1]
     assert (tmp_path / "counting" / "comparison.csv").exists()
 
 
 def test_peer_rows_sit_under_the_library_loss_they_implement() -> None:
     run = load_runner()
-    labels = ["peer_poisson", "unimodal", "peer_binomial", "coral", "peer_coral", "ce", "peer_triangular"]
+    labels = ["peer/poisson", "unimodal", "peer/binomial", "coral", "peer/coral", "ce", "peer/triangular"]
     rows = [run.SummaryRow(label=label, overrides=(f"loss={label}",), status="completed", n=1, mean={}, std={})
             for label in labels]
     ordered = [row.label for row in sorted(rows, key=run.row_order)]
-    assert ordered == ["ce", "coral", "peer_coral", "unimodal", "peer_binomial", "peer_poisson", "peer_triangular"]
+    assert ordered == ["ce", "coral", "peer/coral", "unimodal", "peer/binomial", "peer/poisson", "peer/triangular"]
 
 
 @pytest.mark.slow

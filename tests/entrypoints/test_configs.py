@@ -16,7 +16,9 @@ GROUPS = ["data", "model", "loss", "trainer", "logger", "callbacks", "experiment
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    """Option names of a group, with those in subfolders as ``sub/name`` (``loss=peer/corn``)."""
+    root = CONFIG_DIR / group
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -27,7 +29,7 @@ def test_every_config_composes(group: str, option: str) -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"{group}={option}"], return_hydra_config=True)
     assert cfg.data.num_classes >= 2
-    assert cfg.loss._target_.startswith("tailsweep.losses.")
+    assert cfg.loss._target_.startswith(("tailsweep.losses.", "tailsweep.peers."))
     assert cfg.hydra.run.dir.endswith(tuple("0123456789"))  # logs/train/runs/<timestamp>
     GlobalHydra.instance().clear()
 

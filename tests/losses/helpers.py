@@ -12,10 +12,10 @@ from tailsweep.data.stats import DatasetStatistics
 from tailsweep.losses import TailLoss
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "loss"
-# peer_*.yaml run third-party implementations (losses/peers.py): tested in test_peers.py, not held to the contract
+# peer/*.yaml run third-party implementations (tailsweep.peers): tested in test_peers.py, not held to the contract
 # (extreme logits, bf16, per-sample reductions) that this library's own losses promise
-PEER_CONFIG_NAMES = sorted(path.stem for path in CONFIG_DIR.glob("peer_*.yaml"))
-CONFIG_NAMES = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml") if path.stem not in PEER_CONFIG_NAMES)
+PEER_CONFIG_NAMES = sorted(f"peer/{path.stem}" for path in (CONFIG_DIR / "peer").glob("*.yaml"))
+CONFIG_NAMES = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
 EXPECTED_CONFIGS = sorted([
     "ce", "focal", "logit_adjusted", "balanced_softmax", "ldam",
     "rps", "emd", "ev_l1", "ev_l2", "ce_ev_l1", "cdw_ce", "sord", "unimodal", "coral", "corn", "clm",
@@ -24,7 +24,8 @@ EXPECTED_CONFIGS = sorted([
 
 
 def load_loss(name: str, **overrides: object) -> TailLoss:
-    """Instantiate ``configs/loss/<name>.yaml`` as Hydra would, with dotted overrides."""
+    """Instantiate ``configs/loss/<name>.yaml`` (``name`` may be ``peer/corn``) as Hydra would, with dotted
+    overrides."""
     config = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
     for key, value in overrides.items():
         OmegaConf.update(config, key, value, force_add=True)

@@ -23,7 +23,7 @@ OTHER_TASK = {"ordinal": "soft", "multiclass": "soft", "soft": "multilabel", "mu
 def bound(name: str, num_classes: int = 7, **overrides) -> tuple[TailLoss, str]:
     loss = load_loss(name, **overrides)
     task = task_of(loss)
-    loss.bind(statistics_for(task, num_classes))
+    loss = loss.bind(statistics_for(task, num_classes))
     return loss, task
 
 
@@ -36,10 +36,10 @@ def test_config_instantiates_binds_and_trains(name):
     loss, task = bound(name)
     assert isinstance(loss, TailLoss)
     torch.manual_seed(0)
-    head = loss.make_head(16, 7)
+    head = loss.parametrization.make_head(16, 7)
     features = torch.randn(32, 16)
     outputs = head(features)
-    assert outputs.shape == (32, loss.num_outputs(7))
+    assert outputs.shape == (32, loss.parametrization.num_outputs(7))
     value = call(loss, outputs, targets_for(task, 32, 7))
     assert value.shape == () and value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()
@@ -55,7 +55,7 @@ def test_binding_to_the_wrong_task_raises(name):
     loss = load_loss(name)
     wrong = next(task for task in ("multilabel", "soft", "ordinal") if task not in loss.tasks)
     with pytest.raises(ValueError, match=rf"{type(loss).__name__} does not fit task '{wrong}'"):
-        loss.bind(statistics_for(wrong, 7))
+        loss = loss.bind(statistics_for(wrong, 7))
 
 
 def test_scheme_overrides_reach_the_loss():
@@ -71,7 +71,7 @@ def test_scheme_overrides_reach_the_loss():
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_finite_at_extreme_logits(name, num_classes):
     loss, task = bound(name, num_classes)
-    width = loss.num_outputs(num_classes)
+    width = loss.parametrization.num_outputs(num_classes)
     generator = torch.Generator().manual_seed(num_classes)
     signs = torch.randint(0, 2, (6, width), generator=generator) * 2.0 - 1.0
     for scale in (1e4, -1e4):
@@ -80,9 +80,9 @@ def test_finite_at_extreme_logits(name, num_classes):
         value.backward()
         assert torch.isfinite(value), f"{name}: loss {value} at logits {scale}"
         assert torch.isfinite(outputs.grad).all(), f"{name}: gradient at logits {scale}"
-        probabilities = loss.probabilities(outputs.detach())
+        probabilities = loss.parametrization.probabilities(outputs.detach())
         assert torch.isfinite(probabilities).all() and (probabilities >= 0).all()
-        assert torch.isfinite(loss.log_probabilities(outputs.detach())).all()
+        assert torch.isfinite(loss.parametrization.log_probabilities(outputs.detach())).all()
 
 
 @pytest.mark.parametrize("num_classes", [2, 1000])
@@ -90,11 +90,11 @@ def test_finite_at_extreme_logits(name, num_classes):
 def test_bf16_autocast(name, num_classes):
     loss, task = bound(name, num_classes)
     torch.manual_seed(0)
-    head = loss.make_head(8, num_classes)
+    head = loss.parametrization.make_head(8, num_classes)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = (head(torch.randn(6, 8)) * 20).to(torch.bfloat16)  # the CLM head's cutpoints stay float32
         value = call(loss, outputs, targets_for(task, 6, num_classes))
-        probabilities = loss.probabilities(outputs)
+        probabilities = loss.parametrization.probabilities(outputs)
     assert value.dtype == torch.float32 and probabilities.dtype == torch.float32
     value.backward()
     assert torch.isfinite(value)
@@ -106,7 +106,7 @@ def test_reductions_agree(name):
     values = {}
     for reduction in ("none", "sum", "mean"):
         loss, task = bound(name, reduction=reduction)
-        width = loss.num_outputs(7)
+        width = loss.parametrization.num_outputs(7)
         outputs = torch.randn(20, width, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
         target = targets_for(task, 20, 7)
         if task in ("ordinal", "multiclass"):
@@ -133,17 +133,17 @@ def test_reductions_agree(name):
 def test_probabilities_are_distributions(name, batch, num_classes, scale, seed):
     loss = load_loss(name)
     task = task_of(loss)
-    loss.bind(statistics_for(task, num_classes))
+    loss = loss.bind(statistics_for(task, num_classes))
     generator = torch.Generator().manual_seed(seed)
-    outputs = scale * torch.randn(batch, loss.num_outputs(num_classes), generator=generator)
-    probabilities = loss.probabilities(outputs)
+    outputs = scale * torch.randn(batch, loss.parametrization.num_outputs(num_classes), generator=generator)
+    probabilities = loss.parametrization.probabilities(outputs)
     assert probabilities.shape == (batch, num_classes)
     assert torch.isfinite(probabilities).all() and (probabilities >= 0).all()
     if task == "multilabel":
         assert (probabilities <= 1).all()
     else:
         torch.testing.assert_close(probabilities.sum(-1), torch.ones(batch), atol=1e-5, rtol=0)
-    log_probabilities = loss.log_probabilities(outputs)
+    log_probabilities = loss.parametrization.log_probabilities(outputs)
     torch.testing.assert_close(log_probabilities.exp(), probabilities, atol=1e-6, rtol=1e-4)
     value = call(loss, outputs, targets_for(task, batch, num_classes, seed=seed))
     assert torch.isfinite(value)
@@ -152,7 +152,7 @@ def test_probabilities_are_distributions(name, batch, num_classes, scale, seed):
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_bad_targets_raise_value_errors_naming_the_loss(name):
     loss, task = bound(name)
-    outputs = torch.randn(5, loss.num_outputs(7))
+    outputs = torch.randn(5, loss.parametrization.num_outputs(7))
     good = targets_for(task, 5, 7)
     if task in ("ordinal", "multiclass"):
         bad = {"dtype": good.float(), "shape": good[:4], "range": good.clone().fill_(7)}
@@ -164,13 +164,13 @@ def test_bad_targets_raise_value_errors_naming_the_loss(name):
         with pytest.raises(ValueError, match=type(loss).__name__):
             call(loss, outputs, target)
     with pytest.raises(ValueError, match=type(loss).__name__):
-        call(loss, torch.randn(5, loss.num_outputs(7) + 1), good)
+        call(loss, torch.randn(5, loss.parametrization.num_outputs(7) + 1), good)
 
 
 @pytest.mark.parametrize("name", ["ce", "rps", "soft_ce", "bce"])
 def test_validation_switch_skips_value_checks_only(name, monkeypatch):
     loss, task = bound(name)
-    outputs = torch.randn(5, loss.num_outputs(7))
+    outputs = torch.randn(5, loss.parametrization.num_outputs(7))
     good = targets_for(task, 5, 7)
     monkeypatch.setattr(TailLoss, "validate", False)
     if task == "soft":
@@ -201,7 +201,7 @@ def test_a_fresh_loss_sizes_itself_from_the_outputs_once():
 def test_compiles_without_graph_breaks(name):
     """Under torch.compile the value checks (host syncs) are skipped, so one graph covers the loss."""
     loss, task = bound(name)
-    outputs = torch.randn(8, loss.num_outputs(7), requires_grad=True)
+    outputs = torch.randn(8, loss.parametrization.num_outputs(7), requires_grad=True)
     target = targets_for(task, 8, 7)
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
     value = compiled(outputs, target)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tailsweep.data.stats import DatasetStatistics
+from tailsweep.heads import Softmax
 from tailsweep.losses import (
     CORALLoss,
     CrossEntropyLoss,
@@ -81,9 +82,9 @@ def test_weighted_sum_is_the_weighted_sum_of_members():
 def test_adopters_take_the_primary_parametrization():
     logits, labels, groups = batch(seed=4, width=C - 1)
     combined = WeightedSumLoss({"coral": CORALLoss(), "group": GroupSumL1Loss(), "rps": RankedProbabilityScoreLoss()})
-    assert combined.num_outputs(C) == C - 1 and combined.parametrization == "coral"
-    coral_probabilities = CORALLoss().probabilities(logits)
-    torch.testing.assert_close(combined.probabilities(logits), coral_probabilities)
+    assert combined.parametrization.num_outputs(C) == C - 1 and combined.parametrization.name == "coral"
+    coral_probabilities = CORALLoss().parametrization.probabilities(logits)
+    torch.testing.assert_close(combined.parametrization.probabilities(logits), coral_probabilities)
     expected_labels = (coral_probabilities * torch.arange(C)).sum(1)
     errors = reference_group_errors(expected_labels, labels, groups)
     value = combined.terms["group"](logits, labels, groups)
@@ -99,15 +100,15 @@ def test_weighted_sum_errors_and_propagation():
     with pytest.raises(ValueError, match="accept no common task"):
         WeightedSumLoss({"ce": CrossEntropyLoss(), "soft": SoftCrossEntropyLoss()})
     combined = WeightedSumLoss({"ldam": LDAMLoss(drw_start_epoch=1), "ev": ExpectedValueL1Loss()})
-    combined.bind(STATS)
+    combined = combined.bind(STATS)
     assert combined.terms["ldam"].margins is not None and combined.terms["ev"].num_classes == C
     combined.on_epoch_start(1)
     assert combined.terms["ldam"].reweighting
     with pytest.raises(ValueError, match="does not fit task 'multiclass'"):
-        combined.bind(DatasetStatistics.from_labels(torch.arange(60) % C, C, task="multiclass"))
+        combined = combined.bind(DatasetStatistics.from_labels(torch.arange(60) % C, C, task="multiclass"))
 
 
-def test_shared_probabilities_keep_the_gradient_of_the_separate_sum():
+def test_shared_probabilities_keep_the_gradient_of_the_separate_sum(monkeypatch):
     logits, labels, groups = batch(seed=5)
     logits.requires_grad_(True)
     combined = WeightedSumLoss({"rps": RankedProbabilityScoreLoss(), "group": GroupSumL1Loss()}, {"group": 0.5})
@@ -116,4 +117,8 @@ def test_shared_probabilities_keep_the_gradient_of_the_separate_sum():
     logits.grad = None
     (RankedProbabilityScoreLoss()(logits, labels) + 0.5 * GroupSumL1Loss()(logits, labels, groups)).backward()
     torch.testing.assert_close(shared, logits.grad)
-    assert "probabilities" not in combined.primary.__dict__  # the per-forward cache is gone
+    computed = []
+    softmax = Softmax.probabilities
+    monkeypatch.setattr(Softmax, "probabilities", lambda self, outputs: computed.append(1) or softmax(self, outputs))
+    combined(logits, labels, groups)
+    assert len(computed) == 1  # one softmax serves both members; no per-forward cache is left on an object

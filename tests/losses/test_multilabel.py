@@ -34,7 +34,7 @@ def test_bce_pos_weight_and_label_weight_formula():
     logits, targets = batch()
     loss = BinaryCrossEntropyLoss(pos_weight="neg_pos", max_pos_weight=50.0, label_weights="sqrt_inverse",
                                   reduction="none")
-    loss.bind(STATS)
+    loss = loss.bind(STATS)
     q = ((10000 - POSITIVES) / POSITIVES).double().clamp(1 / 50, 50)
     w = class_weights("sqrt_inverse", POSITIVES)
     s = torch.sigmoid(logits)
@@ -62,7 +62,7 @@ def test_plain_bce_equals_torch_mean_and_masks_unknowns():
 def test_pos_weight_shifts_the_optimal_logit_by_log_q():
     """Seed 003: pos_weight q moves the optimum from logit(pi) to logit(pi) + log q (odds times q)."""
     loss = BinaryCrossEntropyLoss(pos_weight="neg_pos")
-    loss.bind(STATS)
+    loss = loss.bind(STATS)
     fitted = fit_constant_logits(loss, TRAIN[::10].double(), L)
     prior = POSITIVES.double() / 10000
     torch.testing.assert_close(fitted, torch.logit(prior) + loss.prior_shift().double(), atol=1e-4, rtol=0)
@@ -106,7 +106,7 @@ def test_asl_keeps_a_gradient_where_timm_clamps():
 def test_class_balanced_bce(gamma):
     logits, targets = batch(seed=5)
     loss = ClassBalancedBCELoss(beta=0.999, gamma=gamma, reduction="none")
-    loss.bind(STATS)
+    loss = loss.bind(STATS)
     w = class_weights("effective_number", POSITIVES, beta=0.999)
     p = torch.sigmoid(logits)
     p_t = torch.where(targets == 1, p, 1 - p)
@@ -129,4 +129,4 @@ def test_multilabel_validation():
         BinaryCrossEntropyLoss(pos_weight="balanced")
     wrong = BinaryCrossEntropyLoss(pos_weight=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"expected 5 pos_weight values \(one per label\), got 2"):
-        wrong.bind(STATS)
+        wrong = wrong.bind(STATS)

@@ -8,12 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tailsweep.data.stats import DatasetStatistics
+from tailsweep.heads import CoralHead, CumulativeLinkHead, prior_exceedance_logits
 from tailsweep.losses import (
     CDWCELoss,
-    CoralHead,
     CORALLoss,
     CORNLoss,
-    CumulativeLinkHead,
     CumulativeLinkLoss,
     ExpectedValueL1Loss,
     ExpectedValueL2Loss,
@@ -25,7 +24,6 @@ from tailsweep.losses import (
     unimodal_targets,
 )
 from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
-from tailsweep.losses.heads import prior_exceedance_logits
 
 C = 7
 
@@ -207,15 +205,15 @@ def test_coral_matches_coral_pytorch_and_reference():
 
 def test_coral_probabilities_and_head():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, -2.0]], dtype=torch.float64)  # row 2 is not ordered
-    probabilities = CORALLoss().probabilities(logits)
+    probabilities = CORALLoss().parametrization.probabilities(logits)
     above = torch.sigmoid(logits[0])
     expected = torch.stack([1 - above[0], above[0] - above[1], above[1] - above[2], above[2]])
     torch.testing.assert_close(probabilities[0], expected)
     assert (probabilities >= 0).all()
     torch.testing.assert_close(probabilities.sum(1), torch.ones(2, dtype=torch.float64))
-    head = CORALLoss().make_head(5, C)
+    head = CORALLoss().parametrization.make_head(5, C)
     assert isinstance(head, CoralHead) and head(torch.randn(3, 5)).shape == (3, C - 1)
-    assert CORALLoss().num_outputs(C) == C - 1
+    assert CORALLoss().parametrization.num_outputs(C) == C - 1
 
 
 def test_corn_matches_coral_pytorch_and_reference():
@@ -234,7 +232,7 @@ def test_corn_matches_coral_pytorch_and_reference():
     tasks = (labels + 1).clamp(max=C - 1).sum()
     torch.testing.assert_close((values.sum() / tasks).float(), corn_loss(logits.float(), labels, C))
     # the median of our probabilities is coral-pytorch's predicted label (strict 0.5 thresholds)
-    cdf = loss.probabilities(logits).cumsum(1)
+    cdf = loss.parametrization.probabilities(logits).cumsum(1)
     median = (cdf < 0.5).sum(1)
     assert (median == corn_label_from_logits(logits)).all()
 
@@ -250,15 +248,17 @@ def test_cumulative_link_matches_reference_and_head_orders_cutpoints():
     cumulative = torch.sigmoid(outputs)
     padded = F.pad(F.pad(cumulative, (1, 0), value=0.0), (0, 1), value=1.0)
     expected_probabilities = padded[:, 1:] - padded[:, :-1]
-    torch.testing.assert_close(loss.probabilities(outputs), expected_probabilities, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.parametrization.probabilities(outputs), expected_probabilities, rtol=1e-5,
+                               atol=1e-7)
     torch.testing.assert_close(loss(outputs, labels),
                                -expected_probabilities.gather(1, labels[:, None]).squeeze(1).log(),
                                rtol=1e-4, atol=1e-6)
     assert (head.cutpoints.diff() > 0).all()
-    fresh = CumulativeLinkLoss().make_head(4, C)
+    fresh = CumulativeLinkLoss().parametrization.make_head(4, C)
     with torch.no_grad():
         fresh.projection.weight.zero_()
-    torch.testing.assert_close(loss.probabilities(fresh(features)), torch.full((32, C), 1.0 / C), atol=1e-6, rtol=0)
+    torch.testing.assert_close(loss.parametrization.probabilities(fresh(features)), torch.full((32, C), 1.0 / C),
+                               atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("loss_class", [CORALLoss, CumulativeLinkLoss])
@@ -267,16 +267,18 @@ def test_ordinal_heads_start_at_the_training_prior(loss_class):
     statistics = DatasetStatistics.from_labels(torch.repeat_interleave(torch.arange(9), counts.long()), 9,
                                                task="ordinal")
     loss = loss_class()
-    loss.bind(statistics)
-    head = loss.make_head(4, 9).double()
+    loss = loss.bind(statistics)
+    head = loss.parametrization.make_head(4, 9).double()
     with torch.no_grad():
         (head.weight if loss_class is CORALLoss else head.projection).weight.zero_()
     expected = (counts.double() + 0.5) / (counts.sum() + 4.5)  # half a count per class keeps the empty one
-    torch.testing.assert_close(loss.probabilities(head(torch.randn(3, 4).double())), expected.expand(3, 9))
+    torch.testing.assert_close(loss.parametrization.probabilities(head(torch.randn(3, 4).double())),
+                               expected.expand(3, 9))
 
     default = loss_class(head_init="default")
-    default.bind(statistics)
-    assert not torch.allclose(default.probabilities(default.make_head(4, 9)(torch.zeros(1, 4))).double(), expected)
+    default = default.bind(statistics)
+    default_head = default.parametrization.make_head(4, 9)
+    assert not torch.allclose(default.parametrization.probabilities(default_head(torch.zeros(1, 4))).double(), expected)
     with pytest.raises(ValueError, match=r"head_init must be one of \('prior', 'default'\), got 'zeros'"):
         loss_class(head_init="zeros")
 
@@ -308,6 +310,6 @@ def test_cumulative_link_cutpoints_stay_ordered(num_classes, seed, spread):
     cutpoints = head.cutpoints
     assert cutpoints.shape == (num_classes - 1,)
     assert (cutpoints.diff() >= 0).all()
-    probabilities = CumulativeLinkLoss().probabilities(head(torch.randn(5, 3)))
+    probabilities = CumulativeLinkLoss().parametrization.probabilities(head(torch.randn(5, 3)))
     assert torch.isfinite(probabilities).all() and (probabilities >= 0).all()
     torch.testing.assert_close(probabilities.sum(1), torch.ones(5), atol=1e-5, rtol=0)

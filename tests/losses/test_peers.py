@@ -1,4 +1,4 @@
-"""The peer adapters (losses/peers.py): each trains through the LightningModule and agrees with this library's
+"""The peer adapters (tailsweep.peers): each trains through the LightningModule and agrees with this library's
 implementation of the same loss (or with a float64 reference from the formula and the peer's own tables)."""
 
 from __future__ import annotations
@@ -15,24 +15,26 @@ from tailsweep.losses import (
     CDWCELoss,
     CORALLoss,
     CORNLoss,
+    RankedProbabilityScoreLoss,
+    SquaredEMDLoss,
+    UnimodalLoss,
+)
+from tailsweep.models.module import TailClassifier
+from tailsweep.peers import (
     PeerAsymmetricLoss,
     PeerCDWCELoss,
     PeerCORALLoss,
     PeerCORNLoss,
     PeerEMDLoss,
     PeerSoftLabelLoss,
-    RankedProbabilityScoreLoss,
-    SquaredEMDLoss,
-    UnimodalLoss,
 )
-from tailsweep.models.module import TailClassifier
 from tests.losses.helpers import PEER_CONFIG_NAMES, call, load_loss, statistics_for, targets_for, task_of
 
 C = 7
 #: config -> the peer library it needs
-PEERS = {"peer_coral": "coral_pytorch", "peer_corn": "coral_pytorch", "peer_cdw_ce": "dlordinal",
-         "peer_emd": "dlordinal", "peer_triangular": "dlordinal", "peer_binomial": "dlordinal",
-         "peer_poisson": "dlordinal", "peer_asl": "timm"}
+PEERS = {"peer/coral": "coral_pytorch", "peer/corn": "coral_pytorch", "peer/cdw_ce": "dlordinal",
+         "peer/emd": "dlordinal", "peer/triangular": "dlordinal", "peer/binomial": "dlordinal",
+         "peer/poisson": "dlordinal", "peer/asl": "timm"}
 
 
 def batch(seed: int, width: int = C, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +85,8 @@ def test_coral_equals_ours_per_sample():
     torch.testing.assert_close(peer, CORALLoss(reduction="none")(logits, labels))
     assert peer.dtype == torch.float64 and (peer[:3] == 0).all()
     torch.testing.assert_close(PeerCORALLoss()(logits, labels), CORALLoss()(logits, labels))
-    torch.testing.assert_close(PeerCORALLoss().probabilities(logits), CORALLoss().probabilities(logits))
+    torch.testing.assert_close(PeerCORALLoss().parametrization.probabilities(logits),
+                               CORALLoss().parametrization.probabilities(logits))
 
 
 def test_corn_is_our_total_over_the_number_of_binary_tasks():
@@ -162,8 +165,8 @@ def test_bad_input_is_a_value_error_naming_the_adapter(name):
     pytest.importorskip(PEERS[name])
     loss = load_loss(name)
     task = task_of(loss)
-    loss.bind(statistics_for(task, C))
-    outputs = torch.randn(5, loss.num_outputs(C))
+    loss = loss.bind(statistics_for(task, C))
+    outputs = torch.randn(5, loss.parametrization.num_outputs(C))
     good = targets_for(task, 5, C)
     bad = good.clone().fill_(C) if task == "ordinal" else good * 3
     for target in (bad, good[:4]):
@@ -178,8 +181,8 @@ def test_bad_input_is_a_value_error_naming_the_adapter(name):
 def test_peer_losses_pickle_for_spawned_processes(name):
     pytest.importorskip(PEERS[name])
     loss = load_loss(name)
-    loss.bind(statistics_for(task_of(loss), C))
-    outputs = torch.randn(8, loss.num_outputs(C))
+    loss = loss.bind(statistics_for(task_of(loss), C))
+    outputs = torch.randn(8, loss.parametrization.num_outputs(C))
     target = targets_for(task_of(loss), 8, C)
     torch.testing.assert_close(pickle.loads(pickle.dumps(loss))(outputs, target), loss(outputs, target))
 

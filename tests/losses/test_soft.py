@@ -31,14 +31,14 @@ def test_soft_ce_and_kl_match_formulas():
 @pytest.mark.parametrize(("count_by", "counts"), [("mass", [2.1, 1.15, 0.75]), ("nonzero", [4.0, 3.0, 3.0])])
 def test_weights_count_mass_or_nonzero_rows(count_by, counts):
     loss = SoftCrossEntropyLoss(class_weights="inverse", count_by=count_by, reduction="none")
-    loss.bind(STATS)
+    loss = loss.bind(STATS)
     weights = class_weights("inverse", torch.tensor(counts))
     torch.testing.assert_close(loss.class_weight, weights.float())
     z = logits(1)
     torch.testing.assert_close(loss(z, SEED_TABLE), -(weights * SEED_TABLE * torch.log_softmax(z, 1)).sum(1),
                                rtol=1e-6, atol=1e-7)
     kl = SoftKLDivLoss(class_weights="inverse", count_by=count_by, reduction="none")
-    kl.bind(STATS)
+    kl = kl.bind(STATS)
     entropy_term = (weights * torch.xlogy(SEED_TABLE, SEED_TABLE)).sum(1)
     torch.testing.assert_close(kl(z, SEED_TABLE), loss(z, SEED_TABLE) + entropy_term, rtol=1e-6, atol=1e-7)
 
@@ -48,7 +48,7 @@ def test_weighting_biases_the_fitted_probabilities_by_the_prior_shift():
     mean_target = SEED_TABLE.mean(0)
     for spec in ("none", "inverse"):
         loss = SoftCrossEntropyLoss(class_weights=spec)
-        loss.bind(STATS)
+        loss = loss.bind(STATS)
         fitted = torch.softmax(fit_constant_logits(loss, SEED_TABLE, 3), 0)
         shift = loss.prior_shift()
         expected = mean_target if shift is None else torch.softmax(mean_target.log() + shift.double(), 0)

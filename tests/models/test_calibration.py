@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.models.calibration import PriorCorrection, sampling_shift
+from tailsweep.data.weighting import sampling_shift
+from tailsweep.models.calibration import PriorCorrection
 
 
 def _stats(counts: list[float], task: str = "ordinal") -> DatasetStatistics:

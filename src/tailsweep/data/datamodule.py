@@ -29,6 +29,7 @@ from tailsweep.data.manifest import SPLITS, Manifest, ManifestError, read_manife
 from tailsweep.data.samplers import OrderedShardSampler, SamplerConfig, ShardedRandomSampler, sampling_weights
 from tailsweep.data.stats import TASKS, DatasetStatistics
 from tailsweep.data.transforms import TRANSFORMS, BatchTransform, build_sample_transform, resolve_normalization
+from tailsweep.data.weighting import sampling_shift
 
 log = logging.getLogger(__name__)
 #: Splits whose datasets ``setup(stage)`` builds (and checks: decodes when caching, reads headers otherwise). "fit"
@@ -256,6 +257,14 @@ class TailDataModule(L.LightningDataModule):
     def train_sample_weights(self) -> torch.Tensor | None:
         """Per-row weights the training sampler draws with (None: a plain shuffle); the prior correction uses them."""
         return self._train_weights
+
+    @property
+    def sampling_shift(self) -> torch.Tensor | None:
+        """Log-space shift the weighted sampler puts on the training prior (float64 ``[C]``; None without weighted
+        sampling), for the prior correction: ``tailsweep.data.weighting.sampling_shift``."""
+        if self._train_weights is None:
+            return None
+        return sampling_shift(self.statistics, self._train_weights, self.split("train").targets)
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

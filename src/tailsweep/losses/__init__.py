@@ -1,15 +1,14 @@
 """Swappable losses for multi-class, ordinal, soft-label and multi-label targets (one YAML each in configs/loss/).
 
-Every loss is a ``TailLoss``: it sizes and builds its head, turns outputs into probabilities and receives the
-training-split statistics through ``bind``. See ``base.py`` for the contract. ``peers.py`` runs the peer libraries'
-own implementations (coral-pytorch, dlordinal, timm) behind the same contract; they are imported only when such a
-loss is constructed.
+Every loss is a ``TailLoss``: it declares its output parametrization (``tailsweep.heads``: head width, head,
+probabilities), says what outputs cost, and ``bind(statistics)`` returns a copy bound to the training split. See
+``base.py`` for the contract and ``registry.py`` for the configs by task. ``tailsweep.peers`` runs the peer
+libraries' own implementations (coral-pytorch, dlordinal, timm) behind the same contract (``loss=peer/<name>``).
 """
 
 from tailsweep.losses.base import REDUCTIONS, ClassTargetLoss, TailLoss, check_class_target
 from tailsweep.losses.combined import WeightedSumLoss
 from tailsweep.losses.group import GroupSumL1Loss
-from tailsweep.losses.heads import CoralHead, CosineHead, CumulativeLinkHead
 from tailsweep.losses.multiclass import (
     BalancedSoftmaxLoss,
     CrossEntropyLoss,
@@ -30,6 +29,7 @@ from tailsweep.losses.ordinal import (
     CumulativeLinkLoss,
     ExpectedValueL1Loss,
     ExpectedValueL2Loss,
+    OrdinalProbabilityLoss,
     RankedProbabilityScoreLoss,
     SORDLoss,
     SquaredEMDLoss,
@@ -37,14 +37,7 @@ from tailsweep.losses.ordinal import (
     sord_targets,
     unimodal_targets,
 )
-from tailsweep.losses.peers import (
-    PeerAsymmetricLoss,
-    PeerCDWCELoss,
-    PeerCORALLoss,
-    PeerCORNLoss,
-    PeerEMDLoss,
-    PeerSoftLabelLoss,
-)
+from tailsweep.losses.registry import config_names_for_task, loss_config_tasks
 from tailsweep.losses.soft import SoftCrossEntropyLoss, SoftKLDivLoss
 from tailsweep.losses.weights import WEIGHT_SCHEMES, class_weights
 
@@ -59,10 +52,7 @@ __all__ = [
     "CORNLoss",
     "ClassBalancedBCELoss",
     "ClassTargetLoss",
-    "CoralHead",
-    "CosineHead",
     "CrossEntropyLoss",
-    "CumulativeLinkHead",
     "CumulativeLinkLoss",
     "ExpectedValueL1Loss",
     "ExpectedValueL2Loss",
@@ -70,12 +60,7 @@ __all__ = [
     "GroupSumL1Loss",
     "LDAMLoss",
     "LogitAdjustedLoss",
-    "PeerAsymmetricLoss",
-    "PeerCDWCELoss",
-    "PeerCORALLoss",
-    "PeerCORNLoss",
-    "PeerEMDLoss",
-    "PeerSoftLabelLoss",
+    "OrdinalProbabilityLoss",
     "RankedProbabilityScoreLoss",
     "SORDLoss",
     "SigmoidFocalLoss",
@@ -87,6 +72,8 @@ __all__ = [
     "WeightedSumLoss",
     "check_class_target",
     "class_weights",
+    "config_names_for_task",
+    "loss_config_tasks",
     "sord_targets",
     "unimodal_targets",
 ]

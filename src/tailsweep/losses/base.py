@@ -1,14 +1,20 @@
-"""The loss contract: a loss owns its output parametrization.
+"""The loss contract: a loss declares its output parametrization and says what the outputs cost.
 
-A ``TailLoss`` says how many outputs the head needs for C classes (``num_outputs``), builds that head
-(``make_head``), turns the outputs into class probabilities (``probabilities``) and says what they cost
-(``forward``). Everything downstream (metrics, prior correction, plots) sees probabilities only, so every metric
-works with every loss and a new loss is one class plus one YAML file in ``configs/loss/``.
+A ``TailLoss`` holds the ``parametrization`` it needs (``tailsweep.heads``: softmax, sigmoid, CORAL, CORN,
+cumulative link), which sizes and builds the head and turns outputs into class probabilities; the loss itself only
+says what they cost (``forward``). Everything downstream (metrics, prior correction, plots) sees probabilities
+only, so every metric works with every loss and a new loss is one class plus one YAML file in ``configs/loss/``.
+
+A loss lives in two stages: constructed from its config (no data), then ``bind(statistics)`` returns a copy that
+holds what the training split implies (class weights, priors, tables that depend on C) and the parametrization
+started at the prior; the unbound loss is left as it was. A loss used without ``bind`` sizes its C-dependent
+tables from the first outputs it sees (losses that need statistics then ask for ``bind``).
 
 Targets by task:
     multiclass / ordinal: integer ``[B]`` in ``0..C-1`` (``ignore_index``, default -100, is masked out);
     soft: float ``[B, C]`` rows summing to 1;
     multilabel: float ``[B, L]`` with 1 positive, 0 negative, -1 unknown (masked out).
+They are checked once, where they enter the loss (``forward``); inside, they are trusted.
 
 Reductions are the same everywhere: ``none`` gives one value per sample (0 for ignored samples), ``sum`` their
 sum and ``mean`` the sum divided by the number of samples that count (not ignored; 0 for an empty batch or one
@@ -16,23 +22,26 @@ whose samples are all ignored). Class weights therefore scale the loss as ``E[w_
 over classes), not PyTorch's per-batch ``sum(w_y * l) / sum(w_y)``, which changes the weighting from batch to
 batch.
 
-Data-derived tensors (class weights, priors, tables that depend on C) are non-persistent buffers created by
-``bind`` (or lazily from the outputs' width for losses that need no statistics): checkpoints do not carry them,
-``.to(device)`` moves them, and ``buffer_on`` moves one that was created after the module was moved.
+Data-derived tensors are non-persistent buffers: checkpoints do not carry them, ``.to(device)`` moves them, and
+``buffer_on`` moves one that was created after the module was moved.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import copy
+from typing import ClassVar, Self
 
 import torch
 from torch import Tensor, nn
 
 from tailsweep.data.stats import DatasetStatistics
+from tailsweep.heads import Parametrization, compute_dtype, make_parametrization
+from tailsweep.tasks import HARD_LABEL_TASKS
+
+__all__ = ["REDUCTIONS", "ClassTargetLoss", "TailLoss", "check_class_target", "check_tensor", "checks_enabled",
+           "compute_dtype"]
 
 REDUCTIONS = ("mean", "sum", "none")
-#: Parametrizations: how a head's outputs become class probabilities. Members of a sum must share one.
-PARAMETRIZATIONS = ("softmax", "coral", "corn", "cumulative_link", "sigmoid")
 
 
 def checks_enabled(loss: TailLoss) -> bool:
@@ -40,11 +49,6 @@ def checks_enabled(loss: TailLoss) -> bool:
     class-level switch ``TailLoss.validate``, or one set on a subclass or instance) and the code is not being
     traced by ``torch.compile``."""
     return bool(loss.validate) and not torch.compiler.is_compiling()
-
-
-def compute_dtype(outputs: Tensor) -> torch.dtype:
-    """float32 for half/bfloat16/float32 outputs, float64 for float64 (used by the float64 reference tests)."""
-    return torch.float64 if outputs.dtype == torch.float64 else torch.float32
 
 
 def check_tensor(loss_name: str, what: str, value: object, expected: str = "a tensor") -> None:
@@ -59,86 +63,68 @@ def check_tensor(loss_name: str, what: str, value: object, expected: str = "a te
 class TailLoss(nn.Module):
     """Base class of every loss in the library.
 
-    Subclasses set ``tasks`` (the target kinds they accept), ``parametrization`` and implement ``forward``;
-    they override ``num_outputs`` / ``make_head`` / ``probabilities`` when their head is not a plain softmax
-    over C logits, and ``bind`` when they need data statistics (class weights, priors, ``pos_weight``).
+    Subclasses set ``tasks`` (the target kinds they accept), pass the ``parametrization`` they need to
+    ``__init__`` (softmax when they do not say) and implement ``forward``; they extend ``receive`` when they need
+    data statistics (class weights, priors, ``pos_weight``) and ``build`` for tables that depend on C only.
     """
 
-    tasks: ClassVar[frozenset[str]] = frozenset({"multiclass", "ordinal"})
+    tasks: ClassVar[frozenset[str]] = HARD_LABEL_TASKS
     #: True when ``forward`` needs ``group_id`` (group-of-N losses).
     needs_group_id: ClassVar[bool] = False
-    #: How outputs become probabilities; losses combined in a ``WeightedSumLoss`` must share it.
-    parametrization: ClassVar[str] = "softmax"
-    #: True for losses that only need probabilities (expected value, group sums): in a sum they take the
-    #: parametrization of the other members instead of imposing softmax.
+    #: True for losses of the probabilities only (RPS, expected value, group sums), which implement
+    #: ``score(probabilities, target, group_id)``: in a sum they take the other members' parametrization and the
+    #: probabilities the sum computed once.
     adopts_parametrization: ClassVar[bool] = False
     #: Value checks on targets (range, rows summing to 1). Each costs one host sync per step on an accelerator;
     #: the lead can set ``TailLoss.validate = False`` once the datamodule has validated the data.
     validate: ClassVar[bool] = True
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: str = "mean", parametrization: str | Parametrization = "softmax") -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"{type(self).__name__}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
+        self.parametrization = make_parametrization(parametrization)
         self.num_classes: int | None = None
-        self.__dict__["_probability_source"] = None  # not a submodule: set by WeightedSumLoss for adopters
 
     @property
     def name(self) -> str:
         return type(self).__name__
 
-    # ------------------------------------------------------------------ parametrization
-    def num_outputs(self, num_classes: int) -> int:
-        """Width of the outputs ``forward`` takes for ``num_classes`` classes (C for softmax, C-1 for CORAL,
-        CORN and the cumulative link model, L labels). ``make_head`` builds the layer that produces them."""
-        source = self.__dict__["_probability_source"]
-        return num_classes if source is None else source.num_outputs(num_classes)
+    # ------------------------------------------------------------------ data
+    def bind(self, statistics: DatasetStatistics) -> Self:
+        """A copy of this loss bound to the training split's statistics (this loss is left unchanged).
 
-    def classes_from_outputs(self, width: int) -> int:
-        """Inverse of ``num_outputs``: the number of classes that an output width implies."""
-        source = self.__dict__["_probability_source"]
-        return width if source is None else source.classes_from_outputs(width)
+        Raises a ``ValueError`` naming both fixes when the loss does not fit the data's task."""
+        self.check_task(statistics.task)
+        bound = copy.deepcopy(self)
+        bound.receive(statistics)
+        return bound
 
-    def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        """The last layer for this parametrization; CORAL, cumulative-link and LDAM losses override it."""
-        return nn.Linear(in_features, self.num_outputs(num_classes))
+    def check_task(self, task: str) -> None:
+        """A ``ValueError`` when the loss does not accept ``task`` targets: it names the tasks the loss fits
+        (``data.task=...``) and the ``configs/loss/`` names that fit ``task`` (``loss=...``)."""
+        if task in self.tasks:
+            return
+        from tailsweep.losses.registry import config_names_for_task  # reads configs/loss/, only on this error
 
-    def probabilities(self, outputs: Tensor) -> Tensor:
-        """Class probabilities ``[B, C]`` (per-label probabilities for multi-label) from raw head outputs."""
-        source = self.__dict__["_probability_source"]
-        if source is not None:
-            return source.probabilities(outputs)
-        return outputs.to(compute_dtype(outputs)).softmax(dim=-1)
+        fitting = config_names_for_task(task)
+        raise ValueError(
+            f"{self.name} does not fit task {task!r}: it supports {sorted(self.tasks)}. Either the labels are "
+            f"of another kind (set data.task={'|'.join(sorted(self.tasks))}), or choose a loss made for {task!r} "
+            f"targets: loss={'|'.join(fitting) if fitting else '<none in configs/loss/>'}"
+        )
 
-    def log_probabilities(self, outputs: Tensor) -> Tensor:
-        """Log of ``probabilities``; overridden where a stabler form exists. Used by prior correction."""
-        source = self.__dict__["_probability_source"]
-        if source is not None:
-            return source.log_probabilities(outputs)
-        return outputs.to(compute_dtype(outputs)).log_softmax(dim=-1)
-
-    def adopt_parametrization(self, source: TailLoss) -> None:
-        """Compute probabilities through ``source`` (used by ``WeightedSumLoss`` for adopting members)."""
-        if not self.adopts_parametrization:
-            raise ValueError(f"{self.name} has its own {self.parametrization!r} parametrization and cannot adopt "
-                             f"{source.name}'s {source.parametrization!r}")
-        self.__dict__["_probability_source"] = source
-
-    # ------------------------------------------------------------------ data and schedule
-    def bind(self, statistics: DatasetStatistics) -> None:
-        """Receive training-split statistics once, before training. Validates the task; subclasses extend."""
-        if statistics.task not in self.tasks:
-            raise ValueError(
-                f"{self.name} does not fit task {statistics.task!r}: it supports {sorted(self.tasks)}. "
-                f"Choose a loss made for {statistics.task!r} targets (see configs/loss/)."
-            )
+    def receive(self, statistics: DatasetStatistics) -> None:
+        """Take the training split's statistics, on the fresh copy that ``bind`` made: C, the tables that depend
+        on it and the parametrization started at the prior. Subclasses extend it with their data-derived buffers."""
         self.num_classes = statistics.num_classes
+        self.parametrization = self.parametrization.at_prior(statistics.class_counts)
         self.build(statistics.num_classes)
 
     def build(self, num_classes: int) -> None:
-        """Create the tables that depend only on C (distance matrices, soft targets). Called by ``bind`` and,
-        for a loss used without ``bind``, lazily on the first ``forward``."""
+        """Create the tables that depend only on C (distance matrices, soft targets). Called by ``receive`` and,
+        for a loss used without ``bind``, once on the first ``forward``."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook called by the LightningModule at each training epoch (deferred re-weighting uses it)."""
@@ -181,17 +167,21 @@ class TailLoss(nn.Module):
         check_tensor(self.name, "outputs", outputs)
         if outputs.ndim != 2:
             raise ValueError(f"{self.name}: expected outputs of shape (B, K), got {tuple(outputs.shape)}")
-        implied = self.classes_from_outputs(outputs.shape[1])
+        return self.size_for(self.parametrization.num_classes(outputs.shape[1]), tuple(outputs.shape))
+
+    def size_for(self, num_classes: int, shape: tuple[int, ...]) -> int:
+        """The bound number of classes, checked against ``num_classes`` that input of ``shape`` implies; a loss
+        used without ``bind`` builds its tables for it the first time."""
         if self.num_classes is None:
-            if implied < 2:
-                raise ValueError(f"{self.name}: expected at least 2 classes, outputs of shape "
-                                 f"{tuple(outputs.shape)} imply {implied}")
-            self.num_classes = implied
-            self.build(implied)
-        elif implied != self.num_classes:
+            if num_classes < self.parametrization.min_classes:
+                raise ValueError(f"{self.name}: expected at least {self.parametrization.min_classes} classes, "
+                                 f"outputs of shape {shape} imply {num_classes}")
+            self.num_classes = num_classes
+            self.build(num_classes)
+        elif num_classes != self.num_classes:
             raise ValueError(
                 f"{self.name}: bound to {self.num_classes} classes, expected outputs of width "
-                f"{self.num_outputs(self.num_classes)}, got {tuple(outputs.shape)}"
+                f"{self.parametrization.num_outputs(self.num_classes)}, got {shape}"
             )
         return self.num_classes
 
@@ -203,14 +193,18 @@ class ClassTargetLoss(TailLoss):
     """A loss on integer class labels ``[B]``, with ``ignore_index`` masking (the labels it marks count for
     nothing: loss 0, left out of the mean)."""
 
-    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100) -> None:
-        super().__init__(reduction)
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100,
+                 parametrization: str | Parametrization = "softmax") -> None:
+        super().__init__(reduction, parametrization)
         self.ignore_index = ignore_index
 
     def prepare_target(self, outputs: Tensor, target: Tensor) -> tuple[int, Tensor, Tensor | None]:
         """Validate; return (C, labels safe to index with, mask of valid samples or None when all count)."""
-        num_classes = self.ensure_classes(outputs)
-        ignored = check_class_target(self.name, outputs, target, num_classes, self.ignore_index,
+        return self.prepare_labels(self.ensure_classes(outputs), outputs, target)
+
+    def prepare_labels(self, num_classes: int, like: Tensor, target: Tensor) -> tuple[int, Tensor, Tensor | None]:
+        """``prepare_target`` for ``num_classes`` classes and a batch the size of ``like``'s first dimension."""
+        ignored = check_class_target(self.name, like, target, num_classes, self.ignore_index,
                                      values=checks_enabled(self))
         target = target.long()  # uint8/int16/int32 labels: index with int64 (uint8 would index as a mask)
         if self.ignore_index is None or ignored is False:

@@ -33,7 +33,7 @@ class _CDFSquaredError(torch.autograd.Function):
 
 
 def cdf_squared_error(probabilities: Tensor, labels: Tensor) -> Tensor:
-    """``sum_i (F_i - 1[i >= y])^2`` per row, ``F = cumsum(p)`` (the RPS of seed 000), ``[B]``.
+    """``sum_i (F_i - 1[i >= y])^2`` per row, ``F = cumsum(p)`` (the RPS of question 000), ``[B]``.
 
     Gradients flow to ``probabilities`` (any parametrization's); ``labels`` must lie in ``0..C-1``.
     """

@@ -1,4 +1,5 @@
-"""Group-of-N loss (seed 000: "I process eight images in a row, add up the predictions and care about the total")."""
+"""Group-of-N loss (question 000: "I process eight images in a row, add up the predictions and care about the
+total")."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from tailsweep.heads import Parametrization
 from tailsweep.losses.base import check_tensor
-from tailsweep.losses.ordinal import OrdinalLoss
+from tailsweep.losses.ordinal import OrdinalProbabilityLoss
 
 
-class GroupSumL1Loss(OrdinalLoss):
+class GroupSumL1Loss(OrdinalProbabilityLoss):
     """L1 error of a group's total: ``|sum_{i in g} E_p[y_i] - sum_{i in g} y_i|`` for each group g in the batch.
 
     Groups are keyed on ``group_id`` (any integer ids; a group may be split across batches, then each part counts
@@ -23,21 +25,22 @@ class GroupSumL1Loss(OrdinalLoss):
     """
 
     needs_group_id: ClassVar[bool] = True
-    adopts_parametrization: ClassVar[bool] = True
 
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(reduction, ignore_index)
+    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean",
+                 parametrization: str | Parametrization = "softmax") -> None:
+        super().__init__(reduction, ignore_index, parametrization)
 
-    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        _, labels, valid = self.prepare_target(outputs, target)
+    def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        _, labels, valid = self.prepare_probabilities(probabilities, target)
+        batch = probabilities.shape[0]
         if group_id is None:
-            raise ValueError(f"{self.name}: expected group_id of shape ({outputs.shape[0]},) from the batch, got "
+            raise ValueError(f"{self.name}: expected group_id of shape ({batch},) from the batch, got "
                              f"None; the data must define groups (a group column in the manifest)")
         check_tensor(self.name, "group_id", group_id, "integer group ids")
-        if group_id.shape != (outputs.shape[0],) or group_id.dtype.is_floating_point or group_id.dtype == torch.bool:
-            raise ValueError(f"{self.name}: expected integer group_id of shape ({outputs.shape[0]},), got "
+        if group_id.shape != (batch,) or group_id.dtype.is_floating_point or group_id.dtype == torch.bool:
+            raise ValueError(f"{self.name}: expected integer group_id of shape ({batch},), got "
                              f"{group_id.dtype} of shape {tuple(group_id.shape)}")
-        expected = self.expected_value(self.probabilities(outputs))
+        expected = self.expected_value(probabilities)
         observed = labels.to(expected.dtype)
         if valid is not None:
             expected = expected * valid

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import ClassTargetLoss, compute_dtype
-from tailsweep.losses.heads import CosineHead
-from tailsweep.losses.weights import ClassWeightedMixin, class_weights
+from tailsweep.data.weighting import class_weights
+from tailsweep.heads import Softmax, compute_dtype
+from tailsweep.losses.base import ClassTargetLoss
+from tailsweep.losses.weights import ClassWeightedMixin
 
 WeightSpec = str | Sequence[float] | None
 
@@ -25,8 +26,8 @@ class WeightedClassLoss(ClassWeightedMixin, ClassTargetLoss):
         super().__init__(reduction, ignore_index)
         self.init_class_weights(class_weights, beta=beta, power=power)
 
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
+    def receive(self, statistics: DatasetStatistics) -> None:
+        super().receive(statistics)
         self.bind_class_weights(statistics.class_counts)
 
 
@@ -101,8 +102,8 @@ class LogitAdjustedLoss(ClassTargetLoss):
         self.tau = tau
         self.register_buffer("log_prior", None, persistent=False)
 
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
+    def receive(self, statistics: DatasetStatistics) -> None:
+        super().receive(statistics)
         counts = statistics.class_counts.clamp_min(1.0)
         self.log_prior = (counts / counts.sum()).log().to(torch.float32)
 
@@ -133,7 +134,8 @@ class LDAMLoss(ClassTargetLoss):
 
     ``loss_i = -w_{y_i} log softmax(s * (z_i - Delta_{y_i} e_{y_i}))_{y_i}`` with margins ``Delta_c ∝ n_c^{-1/4}``
     scaled so that the largest is ``max_margin``, and scale ``s``. The head is cosine-normalised as in the paper
-    (``cosine_head=True``), so ``z`` lies in ``[-1, 1]`` and ``probabilities`` are ``softmax(s * z)``.
+    (``cosine_head=True``), so ``z`` lies in ``[-1, 1]``; its parametrization is ``Softmax(scale=s, cosine=...)``:
+    probabilities ``softmax(s * z)``.
     Deferred re-weighting (DRW): from epoch ``drw_start_epoch`` on, ``w`` is the effective-number weight with
     ``drw_beta`` (Cui et al. 2019); before it, ``w = 1``. A class absent from training counts as one sample.
     """
@@ -141,9 +143,9 @@ class LDAMLoss(ClassTargetLoss):
     def __init__(self, max_margin: float = 0.5, scale: float = 30.0, drw_start_epoch: int | None = None,
                  drw_beta: float = 0.9999, cosine_head: bool = True, *, ignore_index: int | None = -100,
                  reduction: str = "mean") -> None:
-        super().__init__(reduction, ignore_index)
         if max_margin <= 0 or scale <= 0:
-            raise ValueError(f"{self.name}: max_margin and scale must be > 0, got {max_margin} and {scale}")
+            raise ValueError(f"{type(self).__name__}: max_margin and scale must be > 0, got {max_margin} and {scale}")
+        super().__init__(reduction, ignore_index, Softmax(scale=scale, cosine=cosine_head))
         self.max_margin = max_margin
         self.scale = scale
         self.drw_start_epoch = drw_start_epoch
@@ -153,12 +155,8 @@ class LDAMLoss(ClassTargetLoss):
         self.register_buffer("margins", None, persistent=False)
         self.register_buffer("drw_weight", None, persistent=False)
 
-    def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        return CosineHead(in_features, num_classes) if self.cosine_head else super().make_head(in_features,
-                                                                                             num_classes)
-
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
+    def receive(self, statistics: DatasetStatistics) -> None:
+        super().receive(statistics)
         counts = statistics.class_counts.clamp_min(1.0)
         margins = counts.pow(-0.25)
         self.margins = (margins * (self.max_margin / margins.max())).to(torch.float32)
@@ -177,9 +175,3 @@ class LDAMLoss(ClassTargetLoss):
         weight = self.buffer_on("drw_weight", logits) if self.reweighting else None
         per_sample = F.cross_entropy(scaled, labels, weight=weight, reduction="none")
         return self.finish(per_sample, valid)
-
-    def probabilities(self, outputs: Tensor) -> Tensor:
-        return (self.scale * outputs.to(compute_dtype(outputs))).softmax(-1)
-
-    def log_probabilities(self, outputs: Tensor) -> Tensor:
-        return (self.scale * outputs.to(compute_dtype(outputs))).log_softmax(-1)

@@ -1,4 +1,4 @@
-"""Multi-label losses (seeds 002 and 003: 1000 attributes, 99% zeros): one sigmoid per label.
+"""Multi-label losses (questions 002 and 003: 1000 attributes, 99% zeros): one sigmoid per label.
 
 Targets are ``[B, L]`` with 1 positive, 0 negative (values in between are soft targets) and -1 unknown; unknown
 entries are masked out. Every loss here sums its per-label terms and divides by L, so a sample's loss is the mean
@@ -17,8 +17,10 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled, compute_dtype
+from tailsweep.heads import Sigmoid, compute_dtype
+from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled
 from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
+from tailsweep.tasks import MULTILABEL_TASKS
 
 POS_WEIGHT_SCHEMES = ("none", "neg_pos", "sqrt_neg_pos")
 
@@ -58,16 +60,13 @@ def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, 
 
 
 class MultiLabelLoss(TailLoss):
-    """Base of the sigmoid-per-label losses: probabilities are ``sigmoid(z)``, unknown (-1) targets masked."""
+    """Base of the sigmoid-per-label losses (parametrization ``Sigmoid``: ``p = sigmoid(z)``), unknown (-1)
+    targets masked."""
 
-    tasks: ClassVar[frozenset[str]] = frozenset({"multilabel"})
-    parametrization: ClassVar[str] = "sigmoid"
+    tasks: ClassVar[frozenset[str]] = MULTILABEL_TASKS
 
-    def probabilities(self, outputs: Tensor) -> Tensor:
-        return torch.sigmoid(outputs.to(compute_dtype(outputs)))
-
-    def log_probabilities(self, outputs: Tensor) -> Tensor:
-        return F.logsigmoid(outputs.to(compute_dtype(outputs)))
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__(reduction, Sigmoid())
 
     def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Validated logits, targets with unknowns set to 0, and the mask of known entries (None when the value
@@ -138,8 +137,8 @@ class BinaryCrossEntropyLoss(MultiLabelLoss):
         self.register_buffer("pos_weight", None, persistent=False)
         self.register_buffer("label_weight", None, persistent=False)
 
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
+    def receive(self, statistics: DatasetStatistics) -> None:
+        super().receive(statistics)
         positives = statistics.class_counts
         negatives = statistics.negatives if statistics.negatives is not None else statistics.num_samples - positives
         spec = self.pos_weight_spec
@@ -256,8 +255,8 @@ class ClassBalancedBCELoss(MultiLabelLoss):
         self.gamma = gamma
         self.register_buffer("label_weight", None, persistent=False)
 
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
+    def receive(self, statistics: DatasetStatistics) -> None:
+        super().receive(statistics)
         self.label_weight = resolve_class_weights(self.name, "effective_number", statistics.class_counts,
                                                   beta=self.beta)
 

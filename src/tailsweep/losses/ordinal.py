@@ -1,9 +1,10 @@
-"""Ordinal losses (seed 000: "19 is better than 18 when the label is 20").
+"""Ordinal losses (question 000: "19 is better than 18 when the label is 20").
 
-Softmax-based: ranked probability score, squared EMD, expected-value L1/L2, CDW-CE, SORD and unimodal soft
-targets. Own parametrizations: CORAL (cumulative logits with a shared weight), CORN (conditional logits) and the
-cumulative link model (ordered cutpoints). Tables that depend on C (soft targets, distance weights) are built once
-per C as buffers; the per-step cost stays O(B * C).
+Of the probabilities of any parametrization (softmax unless a sum or the config gives another): ranked
+probability score, squared EMD, expected-value L1/L2. Softmax-based: CDW-CE, SORD and unimodal soft targets.
+With their own parametrizations (``tailsweep.heads``): CORAL (cumulative logits with a shared weight), CORN
+(conditional logits) and the cumulative link model (ordered cutpoints). Tables that depend on C (soft targets,
+distance weights) are built once per C as buffers; the per-step cost stays O(B * C).
 """
 
 from __future__ import annotations
@@ -13,23 +14,23 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import ClassTargetLoss, compute_dtype
+from tailsweep.heads import Coral, Corn, CumulativeLink, Parametrization, compute_dtype
+from tailsweep.heads.parametrizations import interval_log_probability
+from tailsweep.losses.base import ClassTargetLoss
 from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
-from tailsweep.losses.heads import CoralHead, CumulativeLinkHead, prior_exceedance_logits
-
-ORDINAL: frozenset[str] = frozenset({"ordinal"})
+from tailsweep.tasks import ORDINAL_TASKS
 
 
 class OrdinalLoss(ClassTargetLoss):
     """A loss on ordered integer labels ``0..C-1``; keeps ``class_index = [0, 1, ..., C-1]`` as a buffer."""
 
-    tasks: ClassVar[frozenset[str]] = ORDINAL
+    tasks: ClassVar[frozenset[str]] = ORDINAL_TASKS
 
-    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100) -> None:
-        super().__init__(reduction, ignore_index)
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100,
+                 parametrization: str | Parametrization = "softmax") -> None:
+        super().__init__(reduction, ignore_index, parametrization)
         self.register_buffer("class_index", None, persistent=False)
 
     def build(self, num_classes: int) -> None:
@@ -41,8 +42,30 @@ class OrdinalLoss(ClassTargetLoss):
         return (probabilities * self.buffer_on("class_index", probabilities)).sum(-1)
 
 
-class RankedProbabilityScoreLoss(OrdinalLoss):
-    """Ranked probability score, exactly as seed 000 writes it (Epstein 1969):
+class OrdinalProbabilityLoss(OrdinalLoss):
+    """An ordinal loss of the class probabilities only, whatever parametrization made them: ``score`` takes
+    the probabilities ``[B, C]``; ``forward`` computes them from the outputs with ``parametrization`` (a name or
+    a ``Parametrization``; softmax by default). In a ``WeightedSumLoss`` it takes the other members'
+    parametrization and the probabilities the sum computed once."""
+
+    adopts_parametrization: ClassVar[bool] = True
+
+    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        self.ensure_classes(outputs)
+        return self.score(self.parametrization.probabilities(outputs), target, group_id)
+
+    def prepare_probabilities(self, probabilities: Tensor, target: Tensor) -> tuple[int, Tensor, Tensor | None]:
+        """``prepare_target`` for probabilities ``[B, C]`` of checked outputs."""
+        return self.prepare_labels(self.size_for(probabilities.shape[1], tuple(probabilities.shape)),
+                                   probabilities, target)
+
+    def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        """The loss of class probabilities ``[B, C]`` (from checked outputs) for ``target``."""
+        raise NotImplementedError
+
+
+class RankedProbabilityScoreLoss(OrdinalProbabilityLoss):
+    """Ranked probability score, exactly as question 000 writes it (Epstein 1969):
 
     ``RPS(p, y) = sum_{i=0}^{C-1} ( sum_{j<=i} p_j - 1[i >= y] )^2``
 
@@ -52,19 +75,14 @@ class RankedProbabilityScoreLoss(OrdinalLoss):
     ``WeightedSumLoss`` it adopts the other members' head).
     """
 
-    adopts_parametrization: ClassVar[bool] = True
-
-    def __init__(self, normalize: bool = False, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(reduction, ignore_index)
+    def __init__(self, normalize: bool = False, *, ignore_index: int | None = -100, reduction: str = "mean",
+                 parametrization: str | Parametrization = "softmax") -> None:
+        super().__init__(reduction, ignore_index, parametrization)
         self.normalize = normalize
 
-    def cdf_squared_error(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        """``sum_i (F_i - H_i)^2`` per sample, with ``F`` the predicted and ``H`` the observed CDF."""
-        return cdf_squared_error(self.probabilities(outputs), labels)
-
-    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        num_classes, labels, valid = self.prepare_target(outputs, target)
-        per_sample = self.cdf_squared_error(outputs, labels)
+    def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        num_classes, labels, valid = self.prepare_probabilities(probabilities, target)
+        per_sample = cdf_squared_error(probabilities, labels)
         if self.normalize:
             per_sample = per_sample / (num_classes - 1)
         return self.finish(per_sample, valid)
@@ -79,30 +97,31 @@ class SquaredEMDLoss(RankedProbabilityScoreLoss):
     i.e. the RPS divided by C (dlordinal's ``EMDLoss`` omits the ``1/C`` and equals the RPS).
     """
 
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(False, ignore_index=ignore_index, reduction=reduction)
+    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean",
+                 parametrization: str | Parametrization = "softmax") -> None:
+        super().__init__(False, ignore_index=ignore_index, reduction=reduction, parametrization=parametrization)
 
-    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        num_classes, labels, valid = self.prepare_target(outputs, target)
-        return self.finish(self.cdf_squared_error(outputs, labels) / num_classes, valid)
+    def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        num_classes, labels, valid = self.prepare_probabilities(probabilities, target)
+        return self.finish(cdf_squared_error(probabilities, labels) / num_classes, valid)
 
 
-class ExpectedValueL1Loss(OrdinalLoss):
-    """Expected-value L1, the seed-000 proposal: ``|E_p[y] - y| = |sum_k k p_k - y|`` with ``p = softmax(z)``.
+class ExpectedValueL1Loss(OrdinalProbabilityLoss):
+    """Expected-value L1, the question-000 proposal: ``|E_p[y] - y| = |sum_k k p_k - y|`` with ``p = softmax(z)``.
 
     Targets the distance of the mean prediction (and makes group sums of expected values unbiased), but is not a
     proper scoring rule: on its own it does not make ``p`` calibrated; combine it with CE or RPS (``ce_ev_l1``).
     """
 
-    adopts_parametrization: ClassVar[bool] = True
     exponent: ClassVar[int] = 1
 
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(reduction, ignore_index)
+    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean",
+                 parametrization: str | Parametrization = "softmax") -> None:
+        super().__init__(reduction, ignore_index, parametrization)
 
-    def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        _, labels, valid = self.prepare_target(outputs, target)
-        expected = self.expected_value(self.probabilities(outputs))
+    def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        _, labels, valid = self.prepare_probabilities(probabilities, target)
+        expected = self.expected_value(probabilities)
         error = expected - labels.to(expected.dtype)
         per_sample = error.abs() if self.exponent == 1 else error.square()
         return self.finish(per_sample, valid)
@@ -264,20 +283,12 @@ class UnimodalLoss(SoftOrdinalTargetLoss):
 
 
 class CumulativeOutputLoss(OrdinalLoss):
-    """An ordinal loss whose head has C-1 outputs (CORAL, CORN, cumulative link)."""
-
-    def num_outputs(self, num_classes: int) -> int:
-        return num_classes - 1
-
-    def classes_from_outputs(self, width: int) -> int:
-        return width + 1
-
-    def probabilities(self, outputs: Tensor) -> Tensor:
-        return self.log_probabilities(outputs).exp()
+    """An ordinal loss whose parametrization has C-1 outputs (CORAL, CORN, cumulative link): the negative
+    log-likelihood ``-log p_y`` of its class probabilities unless a subclass says otherwise."""
 
     def negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
         """``-log p_y`` per sample (subclasses compute it from the label's entries only)."""
-        return -self.log_probabilities(logits).gather(1, labels[:, None]).squeeze(1)
+        return -self.parametrization.log_probabilities(logits).gather(1, labels[:, None]).squeeze(1)
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
@@ -285,51 +296,21 @@ class CumulativeOutputLoss(OrdinalLoss):
         return self.finish(per_sample, valid)
 
 
-#: where a CORAL / cumulative link head starts: at the training prior, or at its library default
-HEAD_INITS = ("prior", "default")
-
-
-class PriorStartedCumulativeLoss(CumulativeOutputLoss):
-    """A C-1-output loss whose head has thresholds (CORAL's biases, the cumulative link's cutpoints) that start at
-    the training prior's ``logit P(y > k)`` (``head_init="prior"``) or at the head's library default."""
-
-    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
-                 ) -> None:
-        super().__init__(reduction, ignore_index)
-        if head_init not in HEAD_INITS:
-            raise ValueError(f"{self.name}: head_init must be one of {HEAD_INITS}, got {head_init!r}")
-        self.head_init = head_init
-        self.train_class_counts: Tensor | None = None
-
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
-        self.train_class_counts = statistics.class_counts
-
-    def prior_logits(self) -> Tensor | None:
-        """``logit P(y > k)`` of the bound training split when ``head_init="prior"`` (None before ``bind``)."""
-        if self.head_init != "prior" or self.train_class_counts is None:
-            return None
-        return prior_exceedance_logits(self.train_class_counts)
-
-
-class CORALLoss(PriorStartedCumulativeLoss):
+class CORALLoss(CumulativeOutputLoss):
     """CORAL (Cao, Mirjalili & Raschka 2020, "Rank consistent ordinal regression for neural networks with
     application to age estimation").
 
-    Outputs ``z_k`` (k = 0..C-2) are logits of ``P(y > k)`` from a head with one shared weight and C-1 biases
-    (``CoralHead``). ``loss_i = -sum_k [ 1[y_i > k] log s(z_k) + 1[y_i <= k] log(1 - s(z_k)) ]`` (summed over the
-    C-1 binary tasks, as coral-pytorch's ``coral_loss``). Class probabilities are differences of the cumulative
-    probabilities after a running minimum makes them non-increasing (CORAL guarantees the order only at the
-    optimum), so they are non-negative and sum to 1.
+    Outputs ``z_k`` (k = 0..C-2) are logits of ``P(y > k)`` (parametrization ``Coral``: one shared weight and C-1
+    biases). ``loss_i = -sum_k [ 1[y_i > k] log s(z_k) + 1[y_i <= k] log(1 - s(z_k)) ]`` (summed over the C-1
+    binary tasks, as coral-pytorch's ``coral_loss``).
 
     ``head_init="prior"`` (the default) starts the biases at the training prior's ``logit P(y > k)``;
     ``"default"`` at coral-pytorch's ``(0, 1]`` (see ``CoralHead`` for why it matters on a long tail).
     """
 
-    parametrization: ClassVar[str] = "coral"
-
-    def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        return CoralHead(in_features, num_classes, initial_bias=self.prior_logits())
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
+                 ) -> None:
+        super().__init__(reduction, ignore_index, Coral(head_init=head_init))
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
@@ -338,34 +319,20 @@ class CORALLoss(PriorStartedCumulativeLoss):
         per_sample = F.binary_cross_entropy_with_logits(logits, levels, reduction="none").sum(-1)
         return self.finish(per_sample, valid)
 
-    def probabilities(self, outputs: Tensor) -> Tensor:
-        above = torch.sigmoid(outputs.to(compute_dtype(outputs))).cummin(-1).values
-        survival = F.pad(F.pad(above, (1, 0), value=1.0), (0, 1), value=0.0)
-        return survival[:, :-1] - survival[:, 1:]
-
-    def log_probabilities(self, outputs: Tensor) -> Tensor:
-        probabilities = self.probabilities(outputs)
-        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
-
 
 class CORNLoss(CumulativeOutputLoss):
     """CORN (Shi, Cao & Raschka 2023, "Deep neural networks for rank-consistent ordinal regression based on
     conditional probabilities").
 
-    Outputs ``z_k`` are logits of the conditional ``P(y > k | y > k-1)``; ``P(y > k) = prod_{j<=k} s(z_j)`` is
-    non-increasing by construction. ``log p_k = sum_{j<k} log s(z_j) + log s(-z_k)`` (last class: no second term).
-    The per-sample loss, the binary CE over the conditional tasks the sample takes part in (k <= y), equals
-    ``-log p_y``. coral-pytorch's ``corn_loss`` divides the batch total by the number of binary tasks instead of
-    the number of samples: ``corn_loss = (sum of our per-sample losses) / sum_i min(y_i + 1, C - 1)``.
+    Outputs ``z_k`` are logits of the conditional ``P(y > k | y > k-1)`` (parametrization ``Corn``), so
+    ``P(y > k) = prod_{j<=k} s(z_j)`` is non-increasing by construction. The per-sample loss, the binary CE over
+    the conditional tasks the sample takes part in (k <= y), equals ``-log p_y``. coral-pytorch's ``corn_loss``
+    divides the batch total by the number of binary tasks instead of the number of samples:
+    ``corn_loss = (sum of our per-sample losses) / sum_i min(y_i + 1, C - 1)``.
     """
 
-    parametrization: ClassVar[str] = "corn"
-
-    def log_probabilities(self, outputs: Tensor) -> Tensor:
-        logits = outputs.to(compute_dtype(outputs))
-        survived = F.pad(F.logsigmoid(logits).cumsum(-1), (1, 0))
-        stops = F.pad(F.logsigmoid(-logits), (0, 1))
-        return survived + stops
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100) -> None:
+        super().__init__(reduction, ignore_index, Corn())
 
     def negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
         passed = (self.buffer_on("class_index", logits)[:-1] < labels[:, None]).to(logits.dtype)  # tasks k < y
@@ -374,37 +341,21 @@ class CORNLoss(CumulativeOutputLoss):
         return -torch.linalg.vecdot(passed, F.logsigmoid(logits)) - stop.masked_fill(labels == last, 0.0)
 
 
-class CumulativeLinkLoss(PriorStartedCumulativeLoss):
+class CumulativeLinkLoss(CumulativeOutputLoss):
     """Cumulative link (proportional odds, logit link) model (McCullagh 1980, "Regression models for ordinal
-    data"): ``P(y <= k | x) = s(theta_k - eta(x))`` with ordered cutpoints ``theta`` (``CumulativeLinkHead``
-    keeps them ordered by construction). Outputs are the C-1 cumulative logits ``a_k = theta_k - eta``; the loss
-    is the negative log-likelihood ``-log p_y`` with, stably, ``p_k = s(a_k) - s(a_{k-1}) =
-    s(a_k) s(-a_{k-1}) (1 - e^{-(a_k - a_{k-1})})`` (``a_{-1} = -inf``, ``a_{C-1} = +inf``).
+    data"): ``P(y <= k | x) = s(theta_k - eta(x))`` with ordered cutpoints ``theta`` (parametrization
+    ``CumulativeLink``, whose head keeps them ordered by construction). Outputs are the C-1 cumulative logits
+    ``a_k = theta_k - eta``; the loss is the negative log-likelihood ``-log p_y`` with, stably,
+    ``p_k = s(a_k) - s(a_{k-1}) = s(a_k) s(-a_{k-1}) (1 - e^{-(a_k - a_{k-1})})`` (``a_{-1} = -inf``,
+    ``a_{C-1} = +inf``).
 
     ``head_init="prior"`` (the default) starts the cutpoints at the training prior's ``logit P(y <= k)``;
     ``"default"`` at the logistic quantiles of the uniform distribution.
     """
 
-    parametrization: ClassVar[str] = "cumulative_link"
-
-    def make_head(self, in_features: int, num_classes: int) -> nn.Module:
-        prior = self.prior_logits()
-        return CumulativeLinkHead(in_features, num_classes, initial_cutpoints=None if prior is None else -prior)
-
-    @staticmethod
-    def interval_log_probability(upper: Tensor, lower: Tensor) -> Tensor:
-        """``log(s(upper) - s(lower))`` for ``upper >= lower`` (either may be infinite), without cancellation.
-        The floor on the gap keeps an unordered (plain linear) head finite, not right."""
-        gap = (upper - lower).clamp_min(1e-12)
-        return F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-gap))
-
-    def log_probabilities(self, outputs: Tensor) -> Tensor:
-        # The running max is the identity for CumulativeLinkHead's ordered outputs; it keeps the probabilities
-        # of an unordered (plain linear) head non-negative and summing to 1, like CORAL's running min.
-        logits = outputs.to(compute_dtype(outputs)).cummax(-1).values
-        upper = F.pad(logits, (0, 1), value=math.inf)
-        lower = F.pad(logits, (1, 0), value=-math.inf)
-        return self.interval_log_probability(upper, lower)
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100, *, head_init: str = "prior"
+                 ) -> None:
+        super().__init__(reduction, ignore_index, CumulativeLink(head_init=head_init))
 
     def negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
         # only the label's two cutpoints matter: O(B), not O(B * C)
@@ -415,4 +366,4 @@ class CumulativeLinkLoss(PriorStartedCumulativeLoss):
         lower = lower.masked_fill(labels == 0, -math.inf)
         # A NaN or inf among the other cutpoints must still reach the loss (and the module's non-finite guard):
         # the row's sum enters with weight 0, which leaves value and gradient unchanged for finite outputs.
-        return -self.interval_log_probability(upper, lower) + 0.0 * logits.sum(-1)
+        return -interval_log_probability(upper, lower) + 0.0 * logits.sum(-1)

@@ -1,11 +1,12 @@
-"""Losses against probability-vector targets (seed 001: "the target is a probability between N classes").
+"""Losses against probability-vector targets (question 001: "the target is a probability between N classes").
 
 Weighting soft labels: should class weights count the summed probability mass of a class (2.1, 1.15, 0.75 in the
-seed's table) or the rows where it is non-zero (4, 3, 3)? Either is available (``count_by``), but the default
+question's table) or the rows where it is non-zero (4, 3, 3)? Either is available (``count_by``), but the default
 is no weighting. The user wants the *actual* probability per class, and CE/KL against soft targets are proper:
 without weights the optimum is ``p = E[q | x]``. A weight ``w_c`` moves the optimum to ``p_c ∝ w_c E[q_c | x]``
 (``prior_shift = log w``): the probabilities come out biased unless a prior correction divides the weights back
-out, which is what the seed's answer "weighting is destructive if you want calibrated probabilities" means.
+out, which is what the answer to question 001, "weighting is destructive if you want calibrated probabilities",
+means.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled, compute_dtype
+from tailsweep.heads import compute_dtype
+from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled
 from tailsweep.losses.weights import ClassWeightedMixin
+from tailsweep.tasks import CLASS_TASKS, HARD_LABEL_TASKS
 
 COUNT_BY = ("mass", "nonzero")
 
@@ -53,7 +56,7 @@ class SoftCrossEntropyLoss(ClassWeightedMixin, TailLoss):
     for why the default is no weighting (``prior_shift`` reports ``log w`` for a later correction).
     """
 
-    tasks: ClassVar[frozenset[str]] = frozenset({"soft"})
+    tasks: ClassVar[frozenset[str]] = CLASS_TASKS - HARD_LABEL_TASKS  # soft
 
     def __init__(self, class_weights: str | Sequence[float] | None = "none", count_by: str = "mass", *,
                  beta: float = 0.999, power: float = 0.5, tolerance: float = 1e-3, reduction: str = "mean") -> None:
@@ -64,8 +67,8 @@ class SoftCrossEntropyLoss(ClassWeightedMixin, TailLoss):
         self.count_by = count_by
         self.tolerance = tolerance
 
-    def bind(self, statistics: DatasetStatistics) -> None:
-        super().bind(statistics)
+    def receive(self, statistics: DatasetStatistics) -> None:
+        super().receive(statistics)
         self.bind_class_weights(statistics.class_mass if self.count_by == "mass" else statistics.class_counts)
 
     def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,110 +1,20 @@
-"""Class-weight schemes: turn per-class counts into weights (shared by losses and the weighted sampler).
+"""Class weights for losses: a config value (a scheme name or a list) checked at construction and turned into
+weights from the training counts at ``bind`` (the schemes themselves live in ``tailsweep.data.weighting``).
 
 A config names a scheme (``class_weights: effective_number``); the numbers come from the training split.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-WEIGHT_SCHEMES = ("none", "inverse", "sqrt_inverse", "effective_number", "power", "explicit")
-#: Schemes whose weight is infinite for a class without samples.
-INVERSE_SCHEMES = ("inverse", "sqrt_inverse", "effective_number", "power")
+from tailsweep.data.weighting import INVERSE_SCHEMES, WEIGHT_SCHEMES, class_weights
 
-
-def class_weights(
-    scheme: str,
-    counts: Tensor | Sequence[float],
-    *,
-    beta: float = 0.999,
-    power: float = 0.5,
-    explicit: Sequence[float] | Tensor | None = None,
-) -> Tensor:
-    """Per-class weights ``[C]`` (float64), normalised to mean 1 over the classes that have data.
-
-    Schemes, for ``n_c`` samples (or probability mass) of class ``c``:
-        ``none``: ``1``;
-        ``inverse``: ``1 / n_c``;
-        ``sqrt_inverse``: ``1 / sqrt(n_c)``;
-        ``power``: ``n_c ** -power`` (``power=1`` is ``inverse``, ``0.5`` is ``sqrt_inverse``);
-        ``effective_number``: ``(1 - beta) / (1 - beta ** n_c)`` (Cui et al. 2019, "Class-Balanced Loss Based
-        on Effective Number of Samples"; ``beta -> 1`` approaches ``inverse``, ``beta = 0`` is ``none``);
-        ``explicit``: the given list, rescaled to mean 1 (only the ratios matter to the optimum; the scale would
-        only change the learning rate).
-
-    Counts may be fractional (soft-label mass). Normalising over classes with data keeps the loss scale of the
-    unweighted loss. Raises ``ValueError`` for an unknown scheme, negative counts, a class without samples under
-    an inverse scheme (its weight would be infinite) or an explicit list of the wrong length.
-    """
-    counts = torch.as_tensor(counts, dtype=torch.float64)
-    if counts.ndim != 1 or counts.numel() == 0:
-        raise ValueError(f"class_weights: expected a non-empty 1-D tensor of counts, got shape {tuple(counts.shape)}")
-    if not torch.isfinite(counts).all() or (counts < 0).any():
-        raise ValueError(f"class_weights: counts must be finite and non-negative, got {counts.tolist()[:10]}")
-    if scheme not in WEIGHT_SCHEMES:
-        raise ValueError(f"class_weights: scheme must be one of {WEIGHT_SCHEMES}, got {scheme!r}")
-    present = counts > 0
-    if not present.any():
-        raise ValueError(f"class_weights: expected a class with samples, got zero samples for every class "
-                         f"({counts.numel()} classes)")
-    if scheme in INVERSE_SCHEMES and not present.all():
-        empty = torch.nonzero(~present).flatten().tolist()
-        raise ValueError(
-            f"class_weights: scheme {scheme!r} needs samples of every class, but class(es) {empty[:20]} have none "
-            f"in the training split (their weight would be infinite). Use 'none' or 'explicit', or drop the "
-            f"empty classes."
-        )
-    # The power-law and effective-number schemes are computed as logs and scaled by the largest before exp():
-    # a tiny soft-label mass (1/n overflows) or a large power (n ** -p underflows to 0 for every class) stays exact.
-    if scheme == "none":
-        weights = torch.ones_like(counts)
-    elif scheme in ("inverse", "sqrt_inverse", "power"):
-        if scheme == "power" and not 0 <= power < math.inf:  # written so that NaN fails too
-            raise ValueError(f"class_weights: power must be finite and >= 0, got {power}")
-        exponent = {"inverse": 1.0, "sqrt_inverse": 0.5}.get(scheme, power)
-        weights = _scaled_exp(-exponent * counts.log())
-    elif scheme == "effective_number":
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"class_weights: beta must lie in [0, 1), got {beta}")
-        if beta == 0.0:
-            weights = torch.ones_like(counts)  # (1 - 0) / (1 - 0 ** n) for n > 0
-        else:
-            # log(1 - beta**n) = log(-expm1(x)), x = n log beta, keeps its precision for beta close to 1 and small
-            # n; written as log(-x) + log(expm1(x) / x) it stays exact when x underflows to 0 (a tiny mass)
-            log_beta = math.log(beta)
-            x = counts * log_beta
-            ratio = torch.where(x == 0, 1.0, torch.expm1(x) / x)
-            weights = _scaled_exp(math.log1p(-beta) - counts.log() - math.log(-log_beta) - ratio.log())
-    else:
-        if explicit is None:
-            raise ValueError("class_weights: scheme 'explicit' needs a list of weights, got None")
-        try:
-            weights = torch.as_tensor(list(explicit) if not isinstance(explicit, Tensor) else explicit,
-                                      dtype=torch.float64).flatten()
-        except (TypeError, ValueError):
-            raise ValueError(f"class_weights: explicit weights must be numbers, got {list(explicit)[:10]}") from None
-        if weights.shape != counts.shape:
-            raise ValueError(
-                f"class_weights: expected {counts.numel()} explicit weights (one per class), got {weights.numel()}"
-            )
-        if not torch.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError(f"class_weights: explicit weights must be finite and >= 0, got {weights.tolist()}")
-        if weights[present].sum() <= 0:
-            raise ValueError(f"class_weights: explicit weights are zero for every class with data: expected a "
-                             f"weight > 0 for one, got {weights[present].tolist()[:10]}")
-        weights = weights / weights[present].amax()  # the mean of 1e308s would overflow
-    return weights / weights[present].mean()
-
-
-def _scaled_exp(log_weights: Tensor) -> Tensor:
-    """``exp(log w - max log w)``: weights with the largest equal to 1 (absent classes, ``log w = inf``, excluded
-    by the callers' checks)."""
-    return (log_weights - log_weights.amax()).exp()
-
+__all__ = ["INVERSE_SCHEMES", "WEIGHT_SCHEMES", "ClassWeightedMixin", "check_weight_spec", "class_weights",
+           "resolve_class_weights"]
 
 def resolve_class_weights(
     loss_name: str,
@@ -149,7 +59,7 @@ def check_weight_spec(loss_name: str, spec: str | Sequence[float] | None) -> str
 class ClassWeightedMixin:
     """Per-class weights from a scheme, for ``TailLoss`` subclasses: bound from training counts, kept as a buffer.
 
-    The subclass calls ``init_class_weights`` in ``__init__`` and ``bind_class_weights(counts)`` in ``bind``; the
+    The subclass calls ``init_class_weights`` in ``__init__`` and ``bind_class_weights(counts)`` in ``receive``; the
     loss then reads ``weight_on(like)`` in ``forward`` and reports ``prior_shift() = log w`` for the correction.
     """
 

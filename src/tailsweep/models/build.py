@@ -1,4 +1,5 @@
-"""Build the LightningModule from config and the datamodule: the one place data statistics reach the model."""
+"""Build the LightningModule from config and the datamodule's values: the one place data statistics reach the
+model. Only values cross (statistics, the sampler's shift); nothing downstream holds the datamodule."""
 
 from __future__ import annotations
 
@@ -6,17 +7,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tailsweep.models.calibration import sampling_shift
-
 
 def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
-    """Instantiate ``cfg.loss`` and ``cfg.model`` with the training split's statistics and sampler shift.
+    """Instantiate ``cfg.loss`` and ``cfg.model`` with the training split's statistics and the sampler's shift.
 
-    ``datamodule.setup()`` must have run (it validates the data and computes the statistics).
+    ``datamodule.setup()`` must have run (it validates the data and computes the statistics); a datamodule
+    without weighted sampling (or without a ``sampling_shift``) gives no sampler shift.
     """
-    statistics = datamodule.statistics
-    weights = getattr(datamodule, "train_sample_weights", None)
-    shift = None
-    if weights is not None:
-        shift = sampling_shift(statistics, weights, datamodule.split("train").targets)
-    return instantiate(cfg.model, loss=instantiate(cfg.loss), statistics=statistics, sample_shift=shift)
+    return instantiate(cfg.model, loss=instantiate(cfg.loss), statistics=datamodule.statistics,
+                       sample_shift=getattr(datamodule, "sampling_shift", None))

@@ -9,7 +9,8 @@ weighting destroys calibration — is this shift. The correction is Bayes' rule 
     sigmoid labels:  logit p'_l(x) = logit p_fit,l(x) - s_l + t_l
 
 with ``s`` the shift training caused (the loss's ``prior_shift()``, e.g. ``log w_y`` for class-weighted CE or
-``log pos_weight`` for BCE, plus ``log q/pi`` of the sampler) and ``t`` an optional move to another target prior
+``log pos_weight`` for BCE, plus ``log q/pi`` of the sampler, ``tailsweep.data.weighting.sampling_shift``, which
+the datamodule exposes as ``sampling_shift``) and ``t`` an optional move to another target prior
 (``uniform``: the balanced posterior). The same formula holds for every parametrization (softmax, CORAL, CORN,
 cumulative link), since it acts on class probabilities.
 """
@@ -20,37 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from tailsweep.data.stats import DatasetStatistics
+from tailsweep.data.weighting import clamped_logit
 
 TARGET_PRIORS = ("train", "uniform")
-
-
-def sampling_shift(statistics: DatasetStatistics, sample_weights: Tensor, targets: Tensor) -> Tensor:
-    """Log-space shift caused by drawing training rows with probability ∝ ``sample_weights``.
-
-    Softmax tasks: ``log q_y - log pi_y`` with ``q`` the class distribution under the sampler. Multi-label:
-    ``logit q_l - logit pi_l`` with ``q_l`` the positive rate of label ``l`` under the sampler (unknowns ignored).
-    """
-    weights = sample_weights.to(torch.float64)
-    tiny = torch.finfo(torch.float64).tiny
-    if statistics.task == "multilabel":
-        known = (targets >= 0).to(torch.float64)
-        positive = (targets == 1).to(torch.float64)
-        q = (weights[:, None] * positive).sum(0) / (weights[:, None] * known).sum(0).clamp_min(tiny)
-        pi = statistics.class_prior
-        return _logit(q) - _logit(pi)
-    if statistics.task == "soft":
-        mass = (weights[:, None] * targets.to(torch.float64)).sum(0)
-    else:
-        mass = torch.zeros(statistics.num_classes, dtype=torch.float64).index_add_(0, targets.long(), weights)
-    q = mass / mass.sum()
-    pi = statistics.class_prior
-    shift = q.clamp_min(tiny).log() - pi.clamp_min(tiny).log()
-    return torch.where((q > 0) & (pi > 0), shift, torch.zeros_like(shift))
-
-
-def _logit(p: Tensor) -> Tensor:
-    p = p.clamp(1e-12, 1 - 1e-12)
-    return p.log() - torch.log1p(-p)
 
 
 class PriorCorrection(nn.Module):
@@ -94,7 +67,7 @@ class PriorCorrection(nn.Module):
         target = None
         if target_prior == "uniform":
             prior = statistics.class_prior.clamp(1e-12, 1 - 1e-12)
-            target = -(_logit(prior) if statistics.task == "multilabel" else prior.log())
+            target = -(clamped_logit(prior) if statistics.task == "multilabel" else prior.log())
         return cls(statistics.task, shift, target)
 
     def forward(self, probabilities: Tensor) -> Tensor:

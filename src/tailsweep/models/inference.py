@@ -79,7 +79,7 @@ def iter_reported(model: L.LightningModule, batches: Iterable[dict[str, Tensor]]
     try:
         with torch.inference_mode():
             for batch in batches:
-                _, reported = model.reported_probabilities(model(batch["image"].to(device, non_blocking=True)))
+                _, reported = model.probabilities(model(batch["image"].to(device, non_blocking=True)))
                 yield batch, reported.float().cpu()
     finally:
         model.to(was_on).train(was_training)

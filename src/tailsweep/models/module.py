@@ -1,7 +1,8 @@
-"""The LightningModule: backbone -> loss-owned head -> loss; probabilities -> metrics.
+"""The LightningModule: backbone -> head of the output parametrization -> loss; probabilities -> metrics.
 
-The loss decides the head's width and how outputs become class probabilities; every metric sees
-probabilities only, so any loss can be swapped in with ``loss=<name>`` and every metric still applies.
+The loss declares its output parametrization (``tailsweep.heads``), which decides the head's width and how outputs
+become class probabilities; every metric sees probabilities only, so any loss can be swapped in with
+``loss=<name>`` and every metric still applies.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class TailClassifier(L.LightningModule):
         backbone: ``tiny_cnn`` or a timm model name, or a module with a ``num_features`` attribute.
         pretrained: load the backbone's pretrained weights (opt-in: it needs the network).
         backbone_kwargs: extra keyword arguments for the backbone factory (e.g. ``drop_rate``).
-        loss: a ``TailLoss``; it builds the head and turns outputs into probabilities.
+        loss: a ``TailLoss``; the module trains a copy bound to ``statistics`` (``loss.bind``), and its
+            parametrization builds the head and turns outputs into probabilities.
         statistics: training-split statistics from the datamodule (task, C, class counts).
         optimizer: partial of a ``torch.optim`` optimizer (Hydra ``_partial_: true``).
         scheduler: optional partial of an LR scheduler, stepped per epoch.
@@ -51,7 +53,7 @@ class TailClassifier(L.LightningModule):
         prior_correction: report probabilities corrected for what class weights and weighted sampling did to
             them (``models/calibration.py``); the raw ones are then logged too, under ``<stage>/raw/``.
         target_prior: ``train`` (the data's prior) or ``uniform`` (balanced posterior) for the correction.
-        sample_shift: log-space shift of the weighted sampler (from ``calibration.sampling_shift``).
+        sample_shift: log-space shift of the weighted sampler (the datamodule's ``sampling_shift``).
     """
 
     def __init__(
@@ -81,13 +83,13 @@ class TailClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=ignored, logger=False)
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
-        loss.bind(statistics)
+        self.loss = loss.bind(statistics)
+        self.parametrization = self.loss.parametrization
         self.task = statistics.task
         self.num_classes = statistics.num_classes
         self.backbone = torch.compile(backbone) if compile else backbone
-        self.head = loss.make_head(backbone.num_features, statistics.num_classes)
-        self.loss = loss
-        self.correction = PriorCorrection.build(statistics, loss.prior_shift(), sample_shift, target_prior)
+        self.head = self.parametrization.make_head(backbone.num_features, statistics.num_classes)
+        self.correction = PriorCorrection.build(statistics, self.loss.prior_shift(), sample_shift, target_prior)
         self.report_raw = prior_correction and self.correction.active
         # post-hoc calibration after the prior correction: the identity until fitted on val (models/posthoc.py)
         self.posthoc = TemperatureScaling(statistics.task)
@@ -116,6 +118,14 @@ class TailClassifier(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(images))
 
+    def probabilities(self, outputs: Tensor) -> tuple[Tensor, Tensor]:
+        """The raw class probabilities of the output parametrization and the reported ones, in this order:
+        parametrization probabilities -> prior correction (when ``prior_correction``) -> post-hoc calibration
+        (the identity until fitted on val, ``models/posthoc.py``)."""
+        raw = self.parametrization.probabilities(outputs)
+        reported = self.correction(raw) if self.hparams.prior_correction else raw
+        return raw, self.posthoc(reported)
+
     def on_train_epoch_start(self) -> None:
         self.loss.on_epoch_start(self.current_epoch)
 
@@ -134,7 +144,7 @@ class TailClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=show, batch_size=outputs.shape[0])
         if len(self.train_metrics):
             with torch.no_grad():
-                self.train_metrics.update(self.loss.probabilities(outputs.detach()), batch["target"])
+                self.train_metrics.update(self.parametrization.probabilities(outputs.detach()), batch["target"])
         return loss
 
     def _on_nonfinite_loss(self, loss: Tensor, batch: dict[str, Tensor]) -> None:
@@ -148,15 +158,9 @@ class TailClassifier(L.LightningModule):
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         return None
 
-    def reported_probabilities(self, outputs: Tensor) -> tuple[Tensor, Tensor]:
-        """The head's raw probabilities and the reported ones (prior-corrected, then post-hoc calibrated)."""
-        raw = self.loss.probabilities(outputs)
-        reported = self.correction(raw) if self.hparams.prior_correction else raw
-        return raw, self.posthoc(reported)
-
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         outputs, loss = self._step(batch)
-        raw, reported = self.reported_probabilities(outputs)
+        raw, reported = self.probabilities(outputs)
         metrics, raw_metrics = (self.val_metrics, self.val_raw_metrics) if stage == "val" else (
             self.test_metrics, self.test_raw_metrics)
         metrics.update(reported, batch["target"], group_id=batch["group_id"])

@@ -1,4 +1,5 @@
-"""Heads that some losses need instead of a plain ``nn.Linear`` (built through ``TailLoss.make_head``)."""
+"""Head modules of the output parametrizations that are not a plain ``nn.Linear`` (built by
+``Parametrization.make_head``)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class CoralHead(nn.Module):
     """CORAL head: one shared weight vector and C-1 biases, ``z_k = w.x + b_k`` (Cao, Mirjalili & Raschka 2020,
     "Rank consistent ordinal regression for neural networks"). Outputs ``[B, C-1]`` logits of ``P(y > k)``.
 
-    Biases start at ``initial_bias`` when given (``CORALLoss`` passes the training prior's ``logit P(y > k)``),
+    Biases start at ``initial_bias`` when given (``Coral`` passes the training prior's ``logit P(y > k)``),
     else descending in ``(0, 1]`` as in coral-pytorch's ``CoralLayer(preinit_bias=True)``. The start matters:
     under Adam a bias moves about ``lr`` a step, so biases started in ``(0, 1]`` cannot reach a long tail's
     thresholds (``logit P(y > k)`` from +1.5 to -6 on the counting set) in a short run.
@@ -51,7 +52,7 @@ class CumulativeLinkHead(nn.Module):
     ``P(y <= k | x) = sigmoid(theta_k - eta)`` (McCullagh 1980, "Regression models for ordinal data").
 
     The cutpoints are ordered by construction: ``theta_k = theta_0 + sum_{j<k} softplus(delta_j)``. They start at
-    ``initial_cutpoints`` when given (strictly increasing; ``CumulativeLinkLoss`` passes the training prior's
+    ``initial_cutpoints`` when given (strictly increasing; ``CumulativeLink`` passes the training prior's
     ``logit P(y <= k)``), else at the logistic quantiles ``logit((k+1)/C)``: an untrained head then predicts the
     prior, or uniform class probabilities.
     """
