@@ -6,6 +6,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tailsweep.metrics.collections import defer_metric_targets
 from tailsweep.models.calibration import sampling_shift
 
 
@@ -19,4 +20,5 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
     shift = None
     if weights is not None:
         shift = sampling_shift(statistics, weights, datamodule.split("train").targets)
-    return instantiate(cfg.model, loss=instantiate(cfg.loss), statistics=statistics, sample_shift=shift)
+    model_cfg = defer_metric_targets(cfg.model)  # metric _target_ entries get the number of classes from the module
+    return instantiate(model_cfg, loss=instantiate(cfg.loss), statistics=statistics, sample_shift=shift)

@@ -83,6 +83,7 @@ class TailClassifier(L.LightningModule):
         loss.bind(statistics)
         self.task = statistics.task
         self.num_classes = statistics.num_classes
+        self.class_names = statistics.class_names  # for the axes of the prediction plots
         self.backbone = torch.compile(backbone) if compile else backbone
         self.head = loss.make_head(backbone.num_features, statistics.num_classes)
         self.loss = loss
