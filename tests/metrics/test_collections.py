@@ -64,7 +64,7 @@ def test_names_select_and_prefix_overrides() -> None:
 
 
 def test_unknown_names_list_the_valid_ones() -> None:
-    valid = r"unknown metric 'group_sum_mae' for task 'multilabel'; valid names: \['ece',"
+    valid = r"unknown metric 'group_sum_mae' for task 'multilabel'; valid names: \[.*'ece',"
     with pytest.raises(ValueError, match=valid):
         build_metric_collection("multilabel", 10, stage="val", names=["group_sum_mae"])
     with pytest.raises(ValueError, match="stage must be one of"):

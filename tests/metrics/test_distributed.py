@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from tailsweep.metrics import GroupSumError, GroupSumRPS, build_metric_collection
-from tailsweep.metrics.collections import GROUP_METRICS
+from tailsweep.metrics.registry import metric_names, registered
 from tests.helpers.ddp import run_distributed
 
 from .data import class_probs, labels, multilabel, soft_targets
 
 C, L, N, GROUP = 9, 7, 203, 8
 NUM_GROUPS = (N + GROUP - 1) // GROUP
+GROUP_METRICS = [name for name in metric_names("ordinal") if registered(name, "ordinal").needs_group]
 
 
 def _data() -> dict[str, tuple[torch.Tensor, ...]]:

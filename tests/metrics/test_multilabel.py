@@ -14,6 +14,7 @@ from tailsweep.metrics import (
     MultilabelTopKRecall,
     SoftTargetAccuracy,
     adapters,
+    build_metric_collection,
 )
 
 from . import reference as ref
@@ -89,3 +90,50 @@ def test_soft_target_accuracy_uses_the_target_mode() -> None:
     hard = SoftTargetAccuracy(4, average="micro")
     hard.update(probs, labels(N, 4))
     assert 0.0 <= float(hard.compute()) <= 1.0
+
+
+def _rare_labels(n: int, num_labels: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """~1% positives per label, scores crowded below 0.05 (a calibrated model of rare attributes), 5% unknown."""
+    generator = torch.Generator().manual_seed(seed)
+    target = (torch.rand(n, num_labels, generator=generator) < 0.01).float()
+    target[:, 0] = 0.0
+    target[:20, 0] = 1.0  # at least a few positives in label 0
+    logits = -5.0 + 2.0 * target + torch.randn(n, num_labels, generator=generator)
+    target[torch.rand(n, num_labels, generator=generator) < 0.05] = -1.0
+    return logits.sigmoid(), target
+
+
+def test_exact_map_and_auroc_agree_with_scikit_learn_on_rare_labels() -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    probs, target = _rare_labels(6000, 12)
+    ours_map, ours_auroc = MultilabelMAP(12), MultilabelAUROCUnknown(12)
+    update_in_batches(ours_map, probs, target, batch=512)
+    update_in_batches(ours_auroc, probs, target, batch=512)
+    aps, aucs = [], []
+    for label in range(12):
+        known = target[:, label] >= 0
+        y, p = target[known, label].numpy(), probs[known, label].numpy()
+        if y.sum() > 0:
+            aps.append(average_precision_score(y, p))
+            if y.sum() < len(y):
+                aucs.append(roc_auc_score(y, p))
+    assert abs(float(ours_map.compute()) - np.mean(aps)) < 1e-4
+    assert abs(float(ours_auroc.compute()) - np.mean(aucs)) < 1e-4
+    binned = MultilabelMAP(12, thresholds=100)
+    update_in_batches(binned, probs, target, batch=512)
+    assert abs(float(binned.compute()) - np.mean(aps)) > 0.02  # what 100 bins did to rare labels
+
+
+def test_exact_curves_keep_the_split_once_and_start_empty_each_epoch() -> None:
+    """Memory is bounded by the evaluated split: one [N, L] copy of the scores and int8 targets, shared by map and
+    auroc (one compute group), emptied by reset."""
+    probs, target = _rare_labels(700, 9, seed=1)
+    collection = build_metric_collection("multilabel", 9, stage="val", names=["map", "auroc"])
+    update_in_batches(collection, probs.float(), target, batch=100)
+    assert any({"map", "auroc"} <= set(group) for group in collection.compute_groups.values())
+    state = collection["val/map"]
+    assert sum(t.shape[0] for t in state.preds) == 700 and all(t.dtype == torch.int8 for t in state.target)
+    collection.compute()
+    collection.reset()
+    assert not collection["val/map"].preds

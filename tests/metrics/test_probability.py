@@ -66,3 +66,34 @@ def test_soft_nll_is_cross_entropy_and_brier_is_bounded(c: int, batch: int, seed
     assert float(nll.compute()) >= entropy - 1e-12
     assert abs(float(own.compute()) - entropy) < 1e-9
     assert 0.0 <= float(brier.compute()) <= 2.0
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_kl_matches_its_formula_with_zero_log_zero(soft: bool) -> None:
+    """KL(q || p) = sum q log q/p in float64 with 0 log 0 = 0 (the soft targets hold exact zeros); for hard labels
+    it is the NLL; KL = soft NLL - target entropy."""
+    from tailsweep.metrics import KLDivergence
+
+    probs = class_probs(N, C, sharp=3.0)
+    target = soft_targets(N, C) if soft else labels(N, C)
+    kl, nll = KLDivergence(C), NegativeLogLikelihood(C)
+    update_in_batches(kl, probs, target)
+    update_in_batches(nll, probs, target)
+    p = probs.numpy()
+    q = target.numpy() if soft else np.eye(C)[target.numpy()]
+    if soft:
+        assert (q == 0).any()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, q * np.log(q / np.maximum(p, 1e-8)), 0.0)
+        entropy = -np.where(q > 0, q * np.log(q), 0.0).sum(1).mean()
+    close(kl.compute(), float(terms.sum(1).mean()))
+    close(kl.compute(), float(nll.compute()) - entropy)
+
+
+def test_kl_is_zero_when_the_prediction_is_the_target() -> None:
+    from tailsweep.metrics import KLDivergence
+
+    target = soft_targets(20, C)
+    metric = KLDivergence(C)
+    metric.update(target, target)
+    assert abs(float(metric.compute())) < 1e-12

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from torchmetrics.functional.classification import (
     multiclass_calibration_error,
     multiclass_confusion_matrix,
-    multiclass_recall,
     multilabel_average_precision,
 )
 
@@ -50,20 +49,28 @@ def _multilabel(n: int, labels: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return probabilities, target
 
 
+def _reference_counts(target: torch.Tensor, predicted: torch.Tensor, c: int) -> torch.Tensor:
+    """The confusion counts from their definition (the re-implementation figures.py had before torchmetrics')."""
+    return torch.bincount(target.long() * c + predicted.long(), minlength=c * c).reshape(c, c)
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 60), c=st.integers(2, 9), seed=st.integers(0, 10_000))
-def test_confusion_and_recall_match_torchmetrics(n: int, c: int, seed: int) -> None:
+def test_confusion_and_recall_match_their_definition(n: int, c: int, seed: int) -> None:
     probabilities, target = _probabilities(n, c, seed), _labels(n, c, seed)
-    predicted = probabilities.argmax(dim=1)
-    counts = confusion_counts(target, predicted, c)
+    predictions = Predictions("ordinal", probabilities, target)
+    counts = confusion_counts(predictions)
+    reference = _reference_counts(target, probabilities.argmax(dim=1), c)
+    assert torch.equal(counts, reference)
     assert torch.equal(counts, multiclass_confusion_matrix(probabilities, target, num_classes=c))
     normalised = row_normalised(counts)
     present = counts.sum(dim=1) > 0
     torch.testing.assert_close(normalised[present].sum(dim=1), torch.ones(int(present.sum()), dtype=torch.float64))
     assert torch.all(normalised[~present] == 0)
-    recall = class_recall(counts)
-    reference = multiclass_recall(probabilities, target, num_classes=c, average=None).double()
-    torch.testing.assert_close(recall[present], reference[present])
+    recall, support = class_recall(predictions)
+    assert torch.equal(support, reference.sum(dim=1))
+    by_definition = reference.diagonal().double() / reference.sum(dim=1).clamp_min(1).double()
+    torch.testing.assert_close(recall[present], by_definition[present], rtol=1e-7, atol=0)  # float32's rounding
     assert torch.all(recall[~present].isnan())
 
 
@@ -141,15 +148,34 @@ def test_label_frequencies() -> None:
 def test_label_average_precision_matches_the_formula_and_skips_labels_without_positives() -> None:
     probabilities = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.3, 0.2, 0.6], [0.1, 0.4, 0.1]])
     target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
-    frequency, ap = label_average_precision(Predictions("multilabel", probabilities, target))
+    frequency, ap, index = label_average_precision(Predictions("multilabel", probabilities, target))
+    assert index.tolist() == [0, 2]
     # label 0, ranked 0.9(+) 0.8(-) 0.3(+) 0.1(-): AP = (1/1 + 2/3) / 2; label 2 (known 0.3- 0.2- 0.1+): AP = 1/3
     torch.testing.assert_close(ap, torch.tensor([(1 + 2 / 3) / 2, 1 / 3], dtype=torch.float64))
     torch.testing.assert_close(frequency, torch.tensor([0.5, 1 / 3], dtype=torch.float64))
 
 
+def _reference_average_precision(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """AP per column from its definition, ties judged at the end of their block (the re-implementation figures.py
+    had before torchmetrics'): sum_n (R_n - R_{n-1}) P_n over distinct thresholds; NaN without a positive."""
+    scores, target = scores.T.contiguous().double(), target.T.contiguous()
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    sorted_scores, sorted_target = scores.gather(1, order), target.gather(1, order)
+    known, positive = (sorted_target >= 0).double(), (sorted_target == 1).double()
+    precision = positive.cumsum(dim=1) / known.cumsum(dim=1).clamp_min(1)
+    n = scores.shape[1]
+    block_end = torch.ones_like(sorted_scores, dtype=torch.bool)
+    block_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    position = torch.arange(n).expand_as(sorted_scores)
+    end_index = torch.where(block_end, position, n - 1).flip(1).cummin(dim=1).values.flip(1)
+    total = positive.sum(dim=1)
+    ap = (positive * precision.gather(1, end_index)).sum(dim=1) / total.clamp_min(1)
+    return torch.where(total > 0, ap, math.nan)
+
+
 @pytest.mark.filterwarnings("ignore:No positive samples")  # the reference, on the label without positives
 @pytest.mark.parametrize("levels", [None, 5])  # continuous scores, and scores with many ties
-def test_average_precision_matches_torchmetrics(levels: int | None) -> None:
+def test_average_precision_matches_its_definition_and_torchmetrics(levels: int | None) -> None:
     probabilities, target = _multilabel(300, 12, seed=4)
     if levels:
         probabilities = (probabilities * levels).round() / levels
@@ -160,6 +186,8 @@ def test_average_precision_matches_torchmetrics(levels: int | None) -> None:
     assert math.isnan(float(ap[3]))
     keep = torch.arange(12) != 3
     torch.testing.assert_close(ap[keep], reference[keep].double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ap[keep], _reference_average_precision(probabilities, target)[keep],
+                               atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +230,7 @@ def test_reliability_shows_raw_and_corrected_side_by_side() -> None:
     probabilities, target = _probabilities(40, 5, 0), _labels(40, 5, 0)
     raw = reliability_figure(Predictions("ordinal", probabilities, target))
     both = reliability_figure(Predictions("ordinal", probabilities, target, corrected_probabilities=probabilities))
-    assert len(raw.axes) == 1
+    assert len(raw.axes) == 1 and "raw" not in raw.axes[0].get_title()  # no correction: nothing is "raw"
     assert [ax.get_title().split(":")[0] for ax in both.axes] == ["raw", "prior-corrected"]
 
 

@@ -13,7 +13,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-from tailsweep.reporting.figures import HARD_TASKS, Predictions, prediction_figures
+from tailsweep.metrics.calibration import CALIBRATION_BINS
+from tailsweep.reporting.figures import Predictions, prediction_figures
+from tailsweep.tasks import HARD_LABEL_TASKS
 
 KEYS = ("probabilities", "target", "group_id", "corrected_probabilities")
 OPTIONAL_KEYS = ("group_id", "corrected_probabilities")
@@ -24,7 +26,7 @@ class PredictionPlots(Callback):
 
     Reads what ``validation_step`` / ``test_step`` return: ``{"probabilities": [B, C], "target", "group_id": [B]}``
     and optionally ``"corrected_probabilities"`` (then the reliability diagram shows raw and corrected side by
-    side). Each rank keeps at most ``max_samples / world_size`` samples, detached on the CPU (one copy per batch,
+    side). Axes name the classes (labels) when the module has ``class_names`` (the training split's names). Each rank keeps at most ``max_samples / world_size`` samples, detached on the CPU (one copy per batch,
     no other host sync); at epoch end the ranks' samples are gathered (padded all-gather, sizes may differ) and
     rank 0 draws, for the module's ``task``: confusion matrix (row-normalised), true vs predicted label
     histogram, per-class recall, predicted vs true group sums (when groups hold several samples), reliability
@@ -39,7 +41,8 @@ class PredictionPlots(Callback):
         every_n_epochs: draw validation pictures every n epochs (test pictures are always drawn); 0 = never.
         max_samples: samples kept per evaluation epoch over all ranks (bounds memory and drawing time).
         dirpath: where the PNG files go; None = ``<trainer.default_root_dir>/plots``.
-        num_bins: bins of the reliability diagram.
+        num_bins: bins of the reliability diagram; None = those of the logged ECE (``CALIBRATION_BINS``, 15), so
+            that the diagram's bars and value are the logged metric's.
         stages: which evaluation stages to draw (``val``, ``test``).
     """
 
@@ -48,7 +51,7 @@ class PredictionPlots(Callback):
         every_n_epochs: int = 1,
         max_samples: int = 10_000,
         dirpath: str | Path | None = None,
-        num_bins: int = 10,
+        num_bins: int | None = None,
         stages: tuple[str, ...] | list[str] = ("val", "test"),
     ) -> None:
         super().__init__()
@@ -56,6 +59,7 @@ class PredictionPlots(Callback):
             raise ValueError(f"PredictionPlots: every_n_epochs must be >= 0, got {every_n_epochs}")
         if max_samples < 1:
             raise ValueError(f"PredictionPlots: max_samples must be >= 1, got {max_samples}")
+        num_bins = CALIBRATION_BINS if num_bins is None else num_bins
         if num_bins < 1:
             raise ValueError(f"PredictionPlots: num_bins must be >= 1, got {num_bins}")
         unknown = sorted(set(stages) - {"val", "test"})
@@ -98,7 +102,7 @@ class PredictionPlots(Callback):
 
     def _local(self, task: str, num_outputs: int) -> dict[str, Tensor]:
         """This rank's samples as one tensor per key, in fixed dtypes so that ranks can be gathered together."""
-        soft_target = task not in HARD_TASKS
+        soft_target = task not in HARD_LABEL_TASKS
         empty = {
             "probabilities": torch.zeros(0, num_outputs),
             "target": torch.zeros(0, num_outputs) if soft_target else torch.zeros(0, dtype=torch.long),
@@ -147,6 +151,7 @@ class PredictionPlots(Callback):
             target=data["target"],
             group_id=data["group_id"] if present["group_id"] else None,
             corrected_probabilities=data["corrected_probabilities"] if present["corrected_probabilities"] else None,
+            class_names=_class_names(pl_module, int(num_outputs)),
         )
         self.draw(trainer, stage, predictions)
 
@@ -202,3 +207,9 @@ class PredictionPlots(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(trainer, pl_module, "test")
+
+
+def _class_names(pl_module: L.LightningModule, num_outputs: int) -> tuple[str, ...] | None:
+    """The module's ``class_names`` when it has one name per output (else None: the axes show indices)."""
+    names = getattr(pl_module, "class_names", None)
+    return tuple(str(name) for name in names) if names is not None and len(names) == num_outputs else None

@@ -1,5 +1,6 @@
 """Metrics on class probabilities: ordinal distance, group sums, probability quality, multi-label, and the
-task -> ``MetricCollection`` wiring (``build_metric_collection``)."""
+task -> ``MetricCollection`` wiring (``build_metric_collection``), by the names of an open registry
+(``register_metric``, ``metric_names``, ``metric_direction``)."""
 
 from tailsweep.metrics.adapters import (
     MultilabelAUROCUnknown,
@@ -8,12 +9,11 @@ from tailsweep.metrics.adapters import (
     SoftTargetAccuracy,
 )
 from tailsweep.metrics.base import DECODINGS, point_prediction
+from tailsweep.metrics.calibration import CALIBRATION_BINS, TopClassECE, calibration_error
 from tailsweep.metrics.collections import (
-    REGISTRY,
     build_metric,
     build_metric_collection,
     default_metric_names,
-    metric_names,
 )
 from tailsweep.metrics.group import GroupSumError, GroupSumNLL, GroupSumRPS
 from tailsweep.metrics.multilabel import MultilabelECE, MultilabelTopKRecall
@@ -23,17 +23,23 @@ from tailsweep.metrics.ordinal import (
     ExpectedValueRMSE,
     MaximumMAE,
     OffByOneAccuracy,
+    OrdinalMAE,
+    OrdinalRMSE,
     RankedProbabilityScore,
     ranked_probability_score,
 )
 from tailsweep.metrics.probability import (
     BrierScore,
+    KLDivergence,
     NegativeLogLikelihood,
     brier_score,
+    kl_divergence,
     negative_log_likelihood,
 )
+from tailsweep.metrics.registry import REGISTRY, metric_direction, metric_names, register_metric
 
 __all__ = [
+    "CALIBRATION_BINS",
     "DECODINGS",
     "REGISTRY",
     "AverageMAE",
@@ -43,6 +49,7 @@ __all__ = [
     "GroupSumError",
     "GroupSumNLL",
     "GroupSumRPS",
+    "KLDivergence",
     "MaximumMAE",
     "MultilabelAUROCUnknown",
     "MultilabelECE",
@@ -51,14 +58,21 @@ __all__ = [
     "MultilabelTopKRecall",
     "NegativeLogLikelihood",
     "OffByOneAccuracy",
+    "OrdinalMAE",
+    "OrdinalRMSE",
     "RankedProbabilityScore",
     "SoftTargetAccuracy",
+    "TopClassECE",
     "brier_score",
     "build_metric",
+    "calibration_error",
     "build_metric_collection",
     "default_metric_names",
+    "kl_divergence",
+    "metric_direction",
     "metric_names",
     "negative_log_likelihood",
     "point_prediction",
     "ranked_probability_score",
+    "register_metric",
 ]

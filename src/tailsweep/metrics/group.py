@@ -1,4 +1,4 @@
-"""Metrics of a sum over a group of samples (seed 000: eight images whose summed count the user cares about).
+"""Metrics of a sum over a group of samples (question 000: eight images whose summed count the user cares about).
 
 A group is named by a ``group_id`` per sample, never by its position in a batch, so members may arrive in any
 order, in different batches and on different DDP ranks. The states are per-group sums keyed on the id:
@@ -25,6 +25,8 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from tailsweep.metrics.base import DECODINGS, STATE_DTYPE, ClassMetric, point_prediction
 from tailsweep.metrics.inputs import check_choice, check_inputs, check_positive_int
+from tailsweep.metrics.registry import register_metric
+from tailsweep.tasks import ORDINAL_TASKS
 
 #: Un-coalesced values (rows x width) always tolerated before coalescing (8 MiB of float64).
 COALESCE_MIN_ELEMENTS = 1 << 20
@@ -98,6 +100,9 @@ class _GroupKeyedSums(ClassMetric):
         super()._sync_dist(dist_sync_fn, process_group=process_group)
 
 
+@register_metric("group_sum_rel", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, statistic="rel")
+@register_metric("group_sum_rmse", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, statistic="rmse")
+@register_metric("group_sum_mae", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, statistic="mae")
 class GroupSumError(_GroupKeyedSums):
     r"""Error of a group's summed prediction: per group, the sum of the members' point predictions against the sum
     of their labels, averaged over groups.
@@ -109,7 +114,7 @@ class GroupSumError(_GroupKeyedSums):
     ``statistic`` picks the value ``compute`` returns (``mae``, ``rmse`` or ``rel``, the weighted absolute
     percentage error of the sums, defined even when a group's sum is 0); the three share their states, so a
     ``MetricCollection`` updates them once. ``decoding`` is ``expected`` by default: the expected value is the point
-    prediction whose group sum is the expected sum (linearity of expectation). This is the quantity seed 000 asks
+    prediction whose group sum is the expected sum (linearity of expectation). This is the quantity question 000 asks
     for; see Hyndman and Koehler, 2006, "Another look at measures of forecast accuracy", for the error measures.
 
     Args:
@@ -221,6 +226,7 @@ class _GroupSumDistribution(_GroupKeyedSums):
         return torch.cat(rps), torch.cat(nll)
 
 
+@register_metric("group_sum_rps", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, requires=("max_group_size",))
 class GroupSumRPS(_GroupSumDistribution):
     r"""Ranked probability score of a group's predicted **sum** distribution against the true sum.
 
@@ -256,6 +262,7 @@ class GroupSumRPS(_GroupSumDistribution):
         return self._scores()[0].mean()
 
 
+@register_metric("group_sum_nll", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, requires=("max_group_size",))
 class GroupSumNLL(_GroupSumDistribution):
     r"""Negative log-likelihood of the true group sum under the predicted sum distribution (see
     :class:`GroupSumRPS`, with which it shares its states and update).

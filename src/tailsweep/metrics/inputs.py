@@ -19,9 +19,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from tailsweep.tasks import HARD_LABEL_TASKS, MULTILABEL_TASKS, TASKS
+
 #: Rows of ``probs`` (and soft targets) may miss 1 by this much (float32 softmax of 1000 classes stays within it).
 ROW_SUM_TOLERANCE = 1e-3
 TARGET_KINDS = ("class", "class_or_soft", "multilabel")
+#: the targets each task's metrics take (``check_inputs``' ``target_kind``)
+TARGET_KIND: dict[str, str] = {
+    task: "class" if task in HARD_LABEL_TASKS else "multilabel" if task in MULTILABEL_TASKS else "class_or_soft"
+    for task in TASKS
+}
 
 #: Value checks wait for the single transfer: the tensors to read, and a verdict (an error message or None).
 _Deferred = list[tuple[list[Tensor], Callable[[list[float]], str | None]]]

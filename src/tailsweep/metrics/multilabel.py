@@ -12,7 +12,10 @@ import torch
 from torch import Tensor
 
 from tailsweep.metrics.base import STATE_DTYPE, TailMetric
+from tailsweep.metrics.calibration import CALIBRATION_BINS, calibration_error, confidence_bin
 from tailsweep.metrics.inputs import check_choice, check_inputs, check_positive_int
+from tailsweep.metrics.registry import register_metric
+from tailsweep.tasks import MULTILABEL_TASKS
 
 ECE_AVERAGES = ("macro", "none")
 TOPK_AVERAGES = ("macro", "micro", "none")
@@ -28,11 +31,12 @@ class _LabelMetric(TailMetric):
         check_inputs(type(self).__name__, probs, target, self.num_labels, target_kind="multilabel")
 
 
+@register_metric("ece", tasks=MULTILABEL_TASKS, default_for=MULTILABEL_TASKS)
 class MultilabelECE(_LabelMetric):
     r"""Expected calibration error of each label's probability, from binned sums (memory ``[L, n_bins]``).
 
     For label ``l`` with ``N_l`` known targets, confidences are binned as ``b = floor(p * M)`` (``p = 1`` in the
-    last of ``M`` equal-width bins); per bin, ``n_lb`` counts, ``s_lb`` sums the probabilities and ``a_lb`` the
+    last of ``M`` equal-width bins, the bins of ``tailsweep.metrics.calibration``); per bin, ``n_lb`` counts, ``s_lb`` sums the probabilities and ``a_lb`` the
     positives:
 
     .. math:: \mathrm{ECE}_l = \sum_b \frac{n_{lb}}{N_l}\Big|\frac{s_{lb}}{n_{lb}} - \frac{a_{lb}}{n_{lb}}\Big|
@@ -56,7 +60,8 @@ class MultilabelECE(_LabelMetric):
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
 
-    def __init__(self, num_labels: int, *, n_bins: int = 15, average: str = "macro", **kwargs: Any) -> None:
+    def __init__(self, num_labels: int, *, n_bins: int = CALIBRATION_BINS, average: str = "macro",
+                 **kwargs: Any) -> None:
         super().__init__(num_labels, **kwargs)
         check_positive_int(type(self).__name__, "n_bins", n_bins)
         check_choice(type(self).__name__, "average", average, ECE_AVERAGES)
@@ -72,7 +77,7 @@ class MultilabelECE(_LabelMetric):
         if self.validate_args:
             self._check(probs, target)
         known = target != -1
-        bins = ((probs * self.n_bins).long().clamp_(0, self.n_bins - 1) + self.label_offsets).flatten()
+        bins = (confidence_bin(probs, self.n_bins) + self.label_offsets).flatten()
         state = getattr(self, self._state)
         sums = [
             torch.bincount(bins, weights=weight.flatten().to(state.dtype), minlength=self.num_labels * self.n_bins)
@@ -84,10 +89,12 @@ class MultilabelECE(_LabelMetric):
         """Per-label ECE ``[L]`` (``average="none"``) or its mean over labels with known targets."""
         stats = getattr(self, self._state)
         known = stats[..., 0].sum(dim=1)
-        per_label = (stats[..., 1] - stats[..., 2]).abs().sum(dim=1) / known
+        per_label = calibration_error(stats)
         return per_label if self.average == "none" else per_label[known > 0].mean()
 
 
+@register_metric("top5_recall", tasks=MULTILABEL_TASKS, default_for=MULTILABEL_TASKS, min_size=6, k=5)
+@register_metric("top3_recall", tasks=MULTILABEL_TASKS, default_for=MULTILABEL_TASKS, min_size=4, k=3)
 class MultilabelTopKRecall(_LabelMetric):
     r"""Top-k recall of the attribute-prediction protocol: how many true attributes appear among the ``k``
     highest-scored attributes of each image.

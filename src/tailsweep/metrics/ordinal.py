@@ -20,6 +20,8 @@ from tailsweep.metrics.base import (
     target_values,
 )
 from tailsweep.metrics.inputs import check_choice, check_inputs
+from tailsweep.metrics.registry import ORDERED_TASKS, register_metric
+from tailsweep.tasks import ORDINAL_TASKS
 
 
 def ranked_probability_score(probs: Tensor, target: Tensor, class_values: Tensor | None = None) -> Tensor:
@@ -39,6 +41,8 @@ def ranked_probability_score(probs: Tensor, target: Tensor, class_values: Tensor
     return (cdf - target_cdf)[:, :-1].square().sum(dim=1)
 
 
+@register_metric("rps_normalized", tasks=ORDERED_TASKS, normalize=True)
+@register_metric("rps", tasks=ORDERED_TASKS, default_for=ORDINAL_TASKS)
 class RankedProbabilityScore(ClassMetric):
     r"""Ranked probability score: squared distance between the predicted and the true cumulative distributions.
 
@@ -110,22 +114,31 @@ class _PointErrorSums(ClassMetric):
         self._accumulate({f"{p}_abs": error.abs().sum(), f"{p}_sq": error.square().sum(), f"{p}_n": probs.shape[0]})
 
 
-class ExpectedValueMAE(_PointErrorSums):
+@register_metric("median_mae", tasks=ORDERED_TASKS, default_for=ORDINAL_TASKS, decoding="median")
+@register_metric("argmax_mae", tasks=ORDERED_TASKS, default_for=ORDINAL_TASKS, decoding="argmax")
+@register_metric("ev_mae", tasks=ORDERED_TASKS, default_for=ORDINAL_TASKS, train_default_for=ORDINAL_TASKS)
+class OrdinalMAE(_PointErrorSums):
     r"""Mean absolute error of a point prediction decoded from the predicted distribution.
 
-    .. math:: \mathrm{MAE} = \frac{1}{N}\sum_n |\hat y_n - y_n|, \qquad \hat y_n = \sum_c c\,p_{nc}
-        \ \text{(decoding="expected")}
+    .. math:: \mathrm{MAE} = \frac{1}{N}\sum_n |\hat y_n - y_n|
 
-    ``decoding`` may also be ``argmax`` (the usual ordinal-classification MAE, e.g. Gutierrez et al., 2016,
-    "Ordinal regression methods: survey and experimental study") or ``median``. Soft targets use ``E_q[y]``.
-    Seed 000's proposal: softmax, expected label, L1.
+    with ``\hat y`` decoded by ``decoding`` (see ``tailsweep.metrics.base``): ``expected`` (``\sum_c c\,p_{nc}``,
+    the default, logged as ``ev_mae``; question 000's proposal: softmax, expected label, L1), ``argmax``
+    (``argmax_mae``, the usual ordinal-classification MAE, e.g. Gutierrez et al., 2016, "Ordinal regression
+    methods: survey and experimental study") or ``median`` (``median_mae``: the smallest class with ``F(c) >= 1/2``,
+    which for cumulative heads is the count of ``P(y > k) > 1/2``, the decoding of CORAL, Cao et al., 2020, and
+    CORN, Shi et al., 2023). Soft targets use ``E_q[y]``.
 
     Example:
         >>> import torch
-        >>> metric = ExpectedValueMAE(num_classes=3)
+        >>> metric = OrdinalMAE(num_classes=3)
         >>> metric.update(torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]]), torch.tensor([1, 2]))
         >>> metric.compute()
         tensor(1.0500, dtype=torch.float64)
+        >>> median = OrdinalMAE(num_classes=3, decoding="median")
+        >>> median.update(torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]]), torch.tensor([1, 2]))
+        >>> median.compute()  # medians 1 and 0
+        tensor(1., dtype=torch.float64)
     """
 
     def compute(self) -> Tensor:
@@ -134,16 +147,21 @@ class ExpectedValueMAE(_PointErrorSums):
         return getattr(self, f"{p}_abs") / getattr(self, f"{p}_n")
 
 
-class ExpectedValueRMSE(_PointErrorSums):
+class ExpectedValueMAE(OrdinalMAE):
+    """:class:`OrdinalMAE` under the name of its default decoding, the expected value (``ev_mae``)."""
+
+
+@register_metric("ev_rmse", tasks=ORDERED_TASKS, default_for=ORDINAL_TASKS)
+class OrdinalRMSE(_PointErrorSums):
     r"""Root mean squared error of a point prediction decoded from the predicted distribution.
 
     .. math:: \mathrm{RMSE} = \sqrt{\frac{1}{N}\sum_n (\hat y_n - y_n)^2}
 
-    Same decodings and soft-target handling as :class:`ExpectedValueMAE`.
+    Same decodings (``expected`` by default) and soft-target handling as :class:`OrdinalMAE`.
 
     Example:
         >>> import torch
-        >>> metric = ExpectedValueRMSE(num_classes=3)
+        >>> metric = OrdinalRMSE(num_classes=3)
         >>> metric.update(torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]]), torch.tensor([1, 2]))
         >>> metric.compute()
         tensor(1.4160, dtype=torch.float64)
@@ -153,6 +171,10 @@ class ExpectedValueRMSE(_PointErrorSums):
         """Root mean squared error."""
         p = self._prefix
         return (getattr(self, f"{p}_sq") / getattr(self, f"{p}_n")).sqrt()
+
+
+class ExpectedValueRMSE(OrdinalRMSE):
+    """:class:`OrdinalRMSE` under the name of its default decoding, the expected value (``ev_rmse``)."""
 
 
 class _PerClassAbsoluteError(ClassMetric):
@@ -185,6 +207,7 @@ class _PerClassAbsoluteError(ClassMetric):
         return getattr(self, f"{self._prefix}_abs") / counts, present
 
 
+@register_metric("amae", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
 class AverageMAE(_PerClassAbsoluteError):
     r"""Average of the per-class mean absolute errors (macro MAE), robust to a long tail of classes.
 
@@ -209,6 +232,7 @@ class AverageMAE(_PerClassAbsoluteError):
         return mae[present].mean()
 
 
+@register_metric("mmae", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
 class MaximumMAE(_PerClassAbsoluteError):
     r"""Largest per-class mean absolute error: the error on the worst-served class.
 
@@ -232,6 +256,7 @@ class MaximumMAE(_PerClassAbsoluteError):
         return mae[present].max() if bool(present.any()) else mae.new_tensor(float("nan"))
 
 
+@register_metric("off_by_one", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
 class OffByOneAccuracy(ClassMetric):
     r"""Share of samples whose point prediction is at most ``tolerance`` classes (default 1) from the label.
 

@@ -7,6 +7,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tailsweep.metrics.collections import defer_metric_targets
 
 def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     """Instantiate ``cfg.loss`` and ``cfg.model`` with the training split's statistics and the sampler's shift.
@@ -14,5 +15,6 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
     ``datamodule.setup()`` must have run (it validates the data and computes the statistics); a datamodule
     without weighted sampling (or without a ``sampling_shift``) gives no sampler shift.
     """
-    return instantiate(cfg.model, loss=instantiate(cfg.loss), statistics=datamodule.statistics,
+    model_cfg = defer_metric_targets(cfg.model)  # metric _target_ entries get the number of classes from the module
+    return instantiate(model_cfg, loss=instantiate(cfg.loss), statistics=datamodule.statistics,
                        sample_shift=getattr(datamodule, "sampling_shift", None))

@@ -87,6 +87,7 @@ class TailClassifier(L.LightningModule):
         self.parametrization = self.loss.parametrization
         self.task = statistics.task
         self.num_classes = statistics.num_classes
+        self.class_names = statistics.class_names  # for the axes of the prediction plots
         self.backbone = torch.compile(backbone) if compile else backbone
         self.head = self.parametrization.make_head(backbone.num_features, statistics.num_classes)
         self.correction = PriorCorrection.build(statistics, self.loss.prior_shift(), sample_shift, target_prior)
