@@ -15,6 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
 from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.runtime import (
@@ -56,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             for key in ("data", "model", "loss"):
                 cfg[key] = saved[key]
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, **data_hints(cfg))
     datamodule.setup("test")
     model = build_model(cfg, datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")),

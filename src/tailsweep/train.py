@@ -11,7 +11,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
+from tailsweep.monitor import resolve_monitor
 from tailsweep.utils.checkpointing import resolve_checkpoint
 from tailsweep.utils.distributed import (
     distributed_job_scope,
@@ -52,8 +54,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     validate_trainer_config(cfg.trainer)
     checkpoint = resolve_checkpoint(cfg.get("ckpt_path"), f"{cfg.paths.log_dir}/{cfg.task_name}/runs")
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, **data_hints(cfg))
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
+    resolve_monitor(cfg, datamodule.statistics)  # monitor: auto -> the task's headline, before the callbacks
     model = build_model(cfg, datamodule)
     check_monitor(cfg.get("monitor"), model)
 
