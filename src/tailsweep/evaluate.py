@@ -21,6 +21,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
 from tailsweep.models.inference import attach_saved_calibration, calibrate_on_validation
 from tailsweep.utils.paths import config_dir, register_resolvers
@@ -72,7 +73,7 @@ def training_parts(cfg: DictConfig, checkpoint: Path) -> DictConfig:
 def rebuild_model(cfg: DictConfig, stage: str) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule of ``cfg.data`` (set up for ``stage``: its training statistics shape the model) and the
     untrained model of ``cfg.model`` and ``cfg.loss`` built from them."""
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, **data_hints(cfg))
     datamodule.setup(stage)
     return datamodule, build_model(cfg, datamodule)
 

@@ -13,8 +13,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
 from tailsweep.models.inference import calibrate_on_validation
+from tailsweep.monitor import resolve_monitor
 from tailsweep.utils.distributed import (
     distributed_job_scope,
     launch_ranks_as_single_jobs,
@@ -60,8 +62,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     validate_trainer_config(cfg.trainer)
     checkpoint = job_checkpoint(cfg)
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, **data_hints(cfg))
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
+    resolve_monitor(cfg, datamodule.statistics)  # monitor: auto -> the task's headline, before the callbacks
     model = build_model(cfg, datamodule)
     check_monitor(cfg.get("monitor"), model)
 

@@ -101,8 +101,8 @@ def test_class_names_file_and_num_classes_mismatch(write_manifest, tmp_path: Pat
     assert read_manifest(path, task="ordinal", class_names="classes.txt").class_names == ("low", "mid", "high")
     with pytest.raises(ManifestError, match=r"data.num_classes=4 but the manifest defines 3"):
         read_manifest(path, task="ordinal", class_names="classes.txt", num_classes=4)
-    with pytest.raises(ManifestError, match=r"integer labels need data\.num_classes"):
-        read_manifest(path)
+    inferred = read_manifest(path)  # data.num_classes=auto: the largest label + 1
+    assert inferred.num_classes == 3 and inferred.class_names is None
     with pytest.raises(ManifestError, match=r"class names file .*nope\.txt does not exist"):
         read_manifest(path, class_names="nope.txt")
     with pytest.raises(ManifestError, match=r"duplicates \['a'\]"):
@@ -135,7 +135,7 @@ def test_bad_soft_rows(write_manifest, row: tuple, message: str) -> None:
 
 
 def test_soft_needs_label_columns(write_manifest) -> None:
-    with pytest.raises(ManifestError, match=r"soft targets need data\.label_columns"):
+    with pytest.raises(ManifestError, match=r"soft targets need data\.reader\.label_columns"):
         read_manifest(write_manifest(("path", "label"), [("img/0.png", 1)]), task="soft")
 
 
@@ -259,3 +259,44 @@ def test_folder_with_split_folders_and_errors(tmp_path: Path) -> None:
     _folder(tmp_path / "b", {"train/cat": 1, "dog": 1})
     with pytest.raises(ManifestError, match="mixes split folders"):
         read_image_folder(tmp_path / "b")
+
+
+# ------------------------------------------------------------------------------------------ inferred (auto)
+ORDINAL_ONLY, HARD, MULTILABEL_ONLY = {"ordinal"}, {"multiclass", "ordinal"}, {"multilabel"}
+
+
+@pytest.mark.parametrize(("loss_tasks", "task"), [(None, "multiclass"), (HARD, "multiclass"),
+                                                  (ORDINAL_ONLY, "ordinal")])
+def test_auto_task_of_a_label_column_follows_the_loss(write_manifest, loss_tasks, task: str) -> None:
+    path = write_manifest(("path", "label"), [(f"img/{k}.png", k % 4) for k in range(12)])
+    manifest = read_manifest(path, task="auto", num_classes="auto", loss_tasks=loss_tasks)
+    assert manifest.task == task and manifest.num_classes == 4
+
+
+def test_auto_task_of_columns_and_label_lists(write_manifest) -> None:
+    soft = write_manifest(("path", "p_a", "p_b"), [(f"img/{k}.png", 0.25, 0.75) for k in range(12)], "soft.csv")
+    assert read_manifest(soft, label_columns="p_*").task == "soft"  # fractions: probabilities
+    hot = write_manifest(("path", "a", "b"), [(f"img/{k}.png", k % 2, "") for k in range(12)], "hot.csv")
+    assert read_manifest(hot, label_columns=["a", "b"]).task == "multilabel"  # 1/0/empty: multi-hot
+    lists = write_manifest(("path", "label"), [(f"img/{k}.png", "x|y" if k % 2 else "y") for k in range(12)],
+                           "lists.csv")
+    manifest = read_manifest(lists, class_names=["x", "y"])
+    assert manifest.task == "multilabel" and manifest.targets[1].tolist() == [1, 1]
+    single = write_manifest(("path", "label"), [(f"img/{k}.png", "y") for k in range(12)], "single.csv")
+    assert read_manifest(single, class_names=["x", "y"], loss_tasks=MULTILABEL_ONLY).task == "multilabel"
+
+
+def test_auto_num_classes_from_names_and_labels(write_manifest) -> None:
+    named = write_manifest(("path", "label"), [(f"img/{k}.png", ("dog", "cat", "owl")[k % 3]) for k in range(12)])
+    manifest = read_manifest(named)
+    assert manifest.class_names == ("cat", "dog", "owl") and manifest.targets[:3].tolist() == [1, 0, 2]
+    with pytest.raises(ManifestError, match=r"ordinal labels given as names .* need data\.class_names"):
+        read_manifest(named, task="ordinal")
+    huge = write_manifest(("path", "label"), [("img/0.png", 1), ("img/1.png", 10**12)], "huge.csv")
+    with pytest.raises(ManifestError, match=r"row 3: label must be a class index in 0\.\.99999 .*got 1000000000000"):
+        read_manifest(huge)
+    negative = write_manifest(("path", "label"), [("img/0.png", 1), ("img/1.png", -1)], "negative.csv")
+    with pytest.raises(ManifestError, match=r"row 3: label must be a class index"):
+        read_manifest(negative)
+    with pytest.raises(ManifestError, match=r"data\.reader has unknown option\(s\) \['label_colum'\]"):
+        read_manifest(named, label_colum="label")

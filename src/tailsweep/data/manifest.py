@@ -19,22 +19,25 @@ import csv
 import fnmatch
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from tailsweep.data.splits import SPLITS, assign_splits, row_strata
-from tailsweep.data.stats import TASKS
+from tailsweep.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 FORMATS = ("auto", "csv", "parquet", "folder")
+#: largest number of classes ``num_classes=auto`` infers from integer labels (a stray huge label is an error)
+MAX_INFERRED_CLASSES = 100_000
 
 
 class ManifestError(ValueError):
@@ -89,34 +92,11 @@ class Manifest:
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def read_manifest(
-    path: str | Path,
-    *,
-    task: str = "multiclass",
-    num_classes: int | None = None,
-    class_names: Sequence[str] | str | None = None,
-    format: str = "auto",
-    path_column: str = "path",
-    label_column: str | None = "label",
-    label_columns: Sequence[str] | str | None = None,
-    label_delimiter: str = "|",
-    group_column: str | None = "group_id",
-    split_column: str | None = "split",
-    weight_column: str | None = None,
-    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    split_seed: int = 0,
-    soft_tolerance: float = 1e-3,
-    check_files: bool = True,
-) -> Manifest:
-    """Read a manifest file or image folder and validate every row.
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How a manifest's columns are read (``data.reader`` in the configs).
 
-    Args:
-        path: a CSV or Parquet file, or a folder of ``<class>/<image>`` (optionally ``<split>/<class>/<image>``).
-        task: ``multiclass``, ``ordinal``, ``soft`` or ``multilabel``.
-        num_classes: C (or L); inferred from ``class_names``, ``label_columns`` or the folders when omitted,
-            checked against them when given.
-        class_names: the class (label) names in index order, or a text file with one name a line (relative
-            paths are relative to the manifest). Labels given as names are looked up here.
+    Attributes:
         format: ``auto`` (by suffix; a directory is a folder tree), ``csv``, ``parquet`` or ``folder``.
         path_column, label_column: the image path and the class / delimited-label-list column.
         label_columns: the soft-probability or multi-hot columns: a list, or one glob pattern (``"attr_*"``)
@@ -128,41 +108,138 @@ def read_manifest(
         soft_tolerance: how far from 1 a soft row's sum may be before it is an error (rows are renormalised).
         check_files: check that every image file exists and is readable.
     """
-    if task not in TASKS:
-        raise ManifestError(f"manifest task must be one of {TASKS}, got {task!r}")
+
+    format: str = "auto"
+    path_column: str = "path"
+    label_column: str | None = "label"
+    label_columns: Sequence[str] | str | None = None
+    label_delimiter: str = "|"
+    group_column: str | None = "group_id"
+    split_column: str | None = "split"
+    weight_column: str | None = None
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    soft_tolerance: float = 1e-3
+    check_files: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ManifestError(f"data.reader.format must be one of {FORMATS}, got {self.format!r}")
+        object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        if self.label_columns is not None and not isinstance(self.label_columns, str):
+            object.__setattr__(self, "label_columns", tuple(str(c) for c in self.label_columns))
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any] | ReaderOptions | None) -> ReaderOptions:
+        """From a config mapping; an unknown key is named with the valid ones."""
+        if isinstance(options, ReaderOptions):
+            return options
+        options = dict(options or {})
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ManifestError(f"data.reader has unknown option(s) {unknown}; valid options: {valid}")
+        return cls(**options)
+
+
+def hard_label_task(loss_tasks: Collection[str] | None) -> str:
+    """The task of one class index per image for a loss supporting ``loss_tasks``: ``ordinal`` for an ordinal-only
+    loss, else ``multiclass`` (also when no loss is known)."""
+    if loss_tasks and "multiclass" not in loss_tasks and "ordinal" in loss_tasks:
+        return "ordinal"
+    return "multiclass"
+
+
+def infer_task(table: _Table, reader: ReaderOptions, loss_tasks: Collection[str] | None) -> str:
+    """``data.task=auto``: what the manifest's columns hold.
+
+    A block of columns (``label_columns``) is ``soft`` or ``multilabel``: the one the loss supports when it supports
+    one of them, else ``soft`` when a cell is a fraction, ``multilabel`` when every cell is 1/0/-1/empty. A label
+    column is ``multilabel`` when a cell lists several labels (holds the delimiter) or the loss is multi-label
+    only; otherwise the hard-label task of the loss (``hard_label_task``).
+    """
+    tasks = set(loss_tasks or ())
+    if reader.label_columns is not None:
+        block = tasks & {"soft", "multilabel"}
+        if len(block) == 1:
+            return block.pop()
+        for name in _label_block(table, reader.label_columns):
+            if any(str(v).strip().lower() not in _MULTIHOT for v in np.unique(table.column(name, "a label column"))):
+                return "soft"
+        return "multilabel"
+    if tasks and tasks <= {"multilabel"}:
+        return "multilabel"
+    if reader.label_column is not None and reader.label_column in table.header:
+        cells = np.unique(table.column(reader.label_column, "the label column (data.reader.label_column)"))
+        if any(reader.label_delimiter in str(cell) for cell in cells):
+            return "multilabel"
+    return hard_label_task(loss_tasks)
+
+
+def read_manifest(
+    path: str | Path,
+    *,
+    task: str = "auto",
+    num_classes: int | str | None = None,
+    class_names: Sequence[str] | str | None = None,
+    loss_tasks: Collection[str] | None = None,
+    **reader: Any,
+) -> Manifest:
+    """Read a manifest file or image folder and validate every row.
+
+    Args:
+        path: a CSV or Parquet file, or a folder of ``<class>/<image>`` (optionally ``<split>/<class>/<image>``).
+        task: ``multiclass``, ``ordinal``, ``soft``, ``multilabel``, or ``auto`` (``infer_task``).
+        num_classes: C (or L); ``None`` / ``"auto"``: from ``class_names``, ``label_columns``, the folders, or the
+            largest integer label + 1; checked against them when given.
+        class_names: the class (label) names in index order, or a text file with one name a line (relative
+            paths are relative to the manifest). Labels given as names are looked up here; without them,
+            ``multiclass`` labels that are not integers name the classes (sorted).
+        loss_tasks: the tasks the chosen loss supports, for ``task="auto"``.
+        reader: the fields of ``ReaderOptions`` (column names, split, checks).
+    """
+    options = ReaderOptions.from_mapping(reader)
+    if task != "auto" and task not in TASKS:
+        raise ManifestError(f"manifest task must be auto or one of {TASKS}, got {task!r}")
+    num_classes = None if num_classes == "auto" else num_classes
     path = Path(path)
-    if format not in FORMATS:
-        raise ManifestError(f"manifest format must be one of {FORMATS}, got {format!r}")
-    if format == "folder" or (format == "auto" and path.is_dir()):
-        return read_image_folder(path, task=task, num_classes=num_classes, class_names=class_names,
-                                 split_fractions=split_fractions, split_seed=split_seed, check_files=check_files)
+    if options.format == "folder" or (options.format == "auto" and path.is_dir()):
+        return read_image_folder(path, task=hard_label_task(loss_tasks) if task == "auto" else task,
+                                 num_classes=num_classes, class_names=class_names,
+                                 split_fractions=options.split_fractions, split_seed=options.split_seed,
+                                 check_files=options.check_files)
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
-    table = _Table.read(path, "parquet" if format == "parquet" or path.suffix in (".parquet", ".pq") else "csv")
+    kind = "parquet" if options.format == "parquet" or path.suffix in (".parquet", ".pq") else "csv"
+    table = _Table.read(path, kind)
+    if task == "auto":
+        task = infer_task(table, options, loss_tasks)
     names = _load_class_names(class_names, path.parent)
 
-    paths = [str(p).strip() for p in table.column(path_column, "the image path column (data.path_column)")]
+    path_column = options.path_column
+    paths = [str(p).strip() for p in table.column(path_column, "the image path column (data.reader.path_column)")]
     if not all(paths):
         raise table.fail(paths.index(""), path_column, "must be an image path, got an empty cell")
     base = str(path.parent)
     image_paths = tuple(os.path.normpath(os.path.join(base, p)) for p in paths)
     _check_unique_paths(table, image_paths, path_column)
-    targets, names, num_classes = _read_targets(table, task, num_classes, names, label_column, label_columns,
-                                                label_delimiter, soft_tolerance)
-    group_ids = _read_groups(table, group_column)
+    targets, names, num_classes = _read_targets(table, task, num_classes, names, options)
+    group_ids = _read_groups(table, options.group_column)
     weights = None
-    if weight_column is not None:
-        weights = _read_weights(table, weight_column)
+    if options.weight_column is not None:
+        weights = _read_weights(table, options.weight_column)
+    split_column = options.split_column
     if split_column is not None and split_column in table.header:
         splits = _read_splits(table, split_column)
-        _check_groups_within_splits(table, group_ids, splits, group_column)
+        _check_groups_within_splits(table, group_ids, splits, options.group_column)
     else:
         log.info("manifest %s has no %r column: seeded stratified split %s (seed %d)", path, split_column,
-                 list(split_fractions), split_seed)
-        splits = assign_splits(row_strata(task, targets), group_ids.numpy(), split_fractions, split_seed)
+                 list(options.split_fractions), options.split_seed)
+        splits = assign_splits(row_strata(task, targets), group_ids.numpy(), options.split_fractions,
+                               options.split_seed)
     manifest = Manifest(path, task, num_classes, image_paths, targets, group_ids, splits, table.rows, weights,
                         names)
-    if check_files:
+    if options.check_files:
         check_image_files(manifest)
     return manifest
 
@@ -374,6 +451,13 @@ def _to_int(text: str) -> int:
         return int(number)
 
 
+def _is_float_int(text: str) -> bool:
+    try:
+        return float(text).is_integer()
+    except ValueError:
+        return False
+
+
 def _is_int(text: str) -> bool:
     try:
         int(text)
@@ -422,50 +506,62 @@ def _label_block(table: _Table, label_columns: Sequence[str] | str) -> list[str]
 
 
 def _read_targets(
-    table: _Table, task: str, num_classes: int | None, names: tuple[str, ...] | None, label_column: str | None,
-    label_columns: Sequence[str] | str | None, delimiter: str, soft_tolerance: float,
+    table: _Table, task: str, num_classes: int | None, names: tuple[str, ...] | None, options: ReaderOptions,
 ) -> tuple[Tensor, tuple[str, ...] | None, int]:
     where = f"manifest {table.source}"
+    label_column, label_columns = options.label_column, options.label_columns
     if task in ("soft", "multilabel") and label_columns is not None:
         columns = _label_block(table, label_columns)
         if names is not None and len(names) != len(columns):
             raise ManifestError(f"{where}: {len(columns)} label columns but {len(names)} data.class_names")
         count = _check_num_classes(num_classes, len(columns), where, "label columns")
         if task == "soft":
-            return _read_soft(table, columns, soft_tolerance), names or tuple(columns), count
+            return _read_soft(table, columns, options.soft_tolerance), names or tuple(columns), count
         return _read_multihot(table, columns), names or tuple(columns), count
     if task == "soft":
-        raise ManifestError(f"{where}: soft targets need data.label_columns (one probability column per class)")
+        raise ManifestError(f"{where}: soft targets need data.reader.label_columns (one probability column per "
+                            f"class)")
     if label_column is None:
-        raise ManifestError(f"{where}: set data.label_column (or data.label_columns for a block of columns)")
-    values = table.column(label_column, "the label column (data.label_column)")
+        raise ManifestError(f"{where}: set data.reader.label_column (or data.reader.label_columns for a block of "
+                            f"columns)")
+    values = table.column(label_column, "the label column (data.reader.label_column)")
     if task == "multilabel":
         if names is None:
             raise ManifestError(f"{where}: a list of label names in column {label_column!r} needs data.class_names "
                                 f"(a list or a file with one label name a line)")
         count = _check_num_classes(num_classes, len(names), where, "data.class_names")
-        return _read_label_lists(table, values, label_column, names, delimiter), names, count
-    return _read_classes(table, values, label_column, num_classes, names)
+        return _read_label_lists(table, values, label_column, names, options.label_delimiter), names, count
+    return _read_classes(table, task, values, label_column, num_classes, names)
 
 
 def _read_classes(
-    table: _Table, values: np.ndarray, column: str, num_classes: int | None, names: tuple[str, ...] | None
+    table: _Table, task: str, values: np.ndarray, column: str, num_classes: int | None,
+    names: tuple[str, ...] | None,
 ) -> tuple[Tensor, tuple[str, ...] | None, int]:
     where = f"manifest {table.source}"
+    distinct = sorted({str(v).strip() for v in np.unique(values)})
+    if names is None and num_classes is None and not all(_is_int(v) or _is_float_int(v) for v in distinct):
+        if task == "ordinal":
+            raise ManifestError(f"{where}: ordinal labels given as names ({distinct[:10]}) need data.class_names "
+                                f"in their order (a list, or a file with one name a line)")
+        names = tuple(v for v in distinct if v)  # multiclass: the names found are the classes
     if names is not None:
         count = _check_num_classes(num_classes, len(names), where, "data.class_names")
-        stripped = {str(v).strip() for v in np.unique(values)}
-        if stripped & set(names):  # labels are names (any name present): every value must be one
+        if set(distinct) & set(names):  # labels are names (any name present): every value must be one
             index_of = {name: i for i, name in enumerate(names)}
             labels = _parse_column(table, values, column, index_of.__getitem__,
                                    f"a known label name (one of {list(names)[:20]})")
             return torch.tensor(labels, dtype=torch.long), names, count
-    elif num_classes is None:
-        raise ManifestError(f"{where}: integer labels need data.num_classes (or data.class_names)")
-    else:
+    elif num_classes is not None:
         count = _check_num_classes(num_classes, num_classes, where, "data.num_classes")
     expected = "an integer class index" if names is None else f"a known label name (one of {list(names)[:20]})"
     parsed = _parse_column(table, values, column, _to_int, expected)
+    if names is None and num_classes is None:  # data.num_classes=auto: labels 0..max
+        bad = [i for i, label in enumerate(parsed) if not 0 <= label < MAX_INFERRED_CLASSES]
+        if bad:
+            raise table.fail(bad[0], column, f"must be a class index in 0..{MAX_INFERRED_CLASSES - 1} to infer "
+                                             f"data.num_classes (or set data.num_classes), got {parsed[bad[0]]}")
+        count = _check_num_classes(None, max(parsed) + 1, where, f"labels 0..{max(parsed)}")
     try:
         labels = np.asarray(parsed, dtype=np.int64)
         bad = np.flatnonzero((labels < 0) | (labels >= count)).tolist()

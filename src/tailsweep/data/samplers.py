@@ -117,8 +117,8 @@ def sampling_weights(
         return None
     if config.scheme == "weights":
         if row_weights is None:
-            raise ValueError("data.sampler.scheme='weights' needs per-row weights: set data.weight_column to the "
-                             "manifest column that holds them")
+            raise ValueError("data.sampler.scheme='weights' needs per-row weights: set data.reader.weight_column to "
+                             "the manifest column that holds them")
         return row_weights.to(torch.float64)
     kwargs = {"beta": config.beta, "power": config.power, "explicit": config.explicit}
     try:

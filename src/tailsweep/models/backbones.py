@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 
 
@@ -44,6 +45,8 @@ class TinyCNN(nn.Module):
         return torch.flatten(self.pool(self.features(images)), 1)
 
 
+#: the keyword arguments of ``TinyCNN`` a config may set (``model.backbone_kwargs``)
+TINY_CNN_OPTIONS = ("width", "num_stages", "norm", "pool_grid")
 #: ``batch`` (default), ``group`` (per-sample statistics: identical under any split of a batch across ranks)
 NORMS = {"batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(min(8, c), c)}
 
@@ -56,20 +59,41 @@ def _conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> list[nn.M
 def build_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, **kwargs: object) -> nn.Module:
     """``tiny_cnn`` or any ``timm.list_models()`` name, without a classifier (``num_classes=0``).
 
+    Models whose pretrained configuration fixes the input size (ViT, DeiT, Swin, ...) are built with timm's
+    ``dynamic_img_size`` and ``dynamic_img_pad`` (unless ``kwargs`` set them), so that they run on the data's own
+    image size (a 28x28 image is padded to two 16-pixel patches a side) instead of failing on anything but 224.
     ``pretrained=True`` downloads weights through timm's hub; offline it fails with a message saying so.
     """
     if name == "tiny_cnn":
         if pretrained:
             raise ValueError("build_backbone: tiny_cnn has no pretrained weights; set model.pretrained=false")
-        return TinyCNN(in_chans=in_chans, **kwargs)  # type: ignore[arg-type]
+        try:
+            return TinyCNN(in_chans=in_chans, **kwargs)  # type: ignore[arg-type]
+        except TypeError as error:
+            raise ValueError(f"build_backbone: tiny_cnn takes backbone_kwargs {TINY_CNN_OPTIONS}, got "
+                             f"{sorted(kwargs)} ({error})") from None
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:20]
         raise ValueError(
             f"build_backbone: timm does not know backbone {name!r}. Similar names: {close or 'none'}; "
             "see timm.list_models() for all, or use tiny_cnn"
         )
+    config = get_pretrained_cfg(name)
+    options = dict(kwargs)
+    if config is not None and config.fixed_input_size:
+        options = {"dynamic_img_size": True, "dynamic_img_pad": True, **options}
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **options)
+    except TypeError as error:
+        if options != kwargs and "dynamic_img" in str(error):  # a fixed-size model without the dynamic options
+            return build_backbone(name, pretrained=pretrained, in_chans=in_chans, **kwargs)
+        if not kwargs:
+            raise
+        raise ValueError(
+            f"build_backbone: timm model {name!r} does not take model.backbone_kwargs {dict(kwargs)} ({error}). "
+            f"These go to timm.create_model; tiny_cnn's options ({TINY_CNN_OPTIONS}) belong to model=tiny_cnn: "
+            f"use model=timm model.backbone={name}"
+        ) from None
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise
@@ -77,3 +101,14 @@ def build_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, **
             f"build_backbone: could not fetch pretrained weights for {name!r} ({error}). This machine may be "
             "offline: set model.pretrained=false, or place the weights in the HF/torch hub cache first."
         ) from error
+
+
+def default_input_size(backbone: object) -> int | None:
+    """The square input side a backbone was designed for: timm's pretrained ``input_size`` for a timm model name,
+    ``None`` for ``tiny_cnn``, a module, or a config of one (they state none)."""
+    if not isinstance(backbone, str) or backbone == "tiny_cnn" or not timm.is_model(backbone):
+        return None
+    config = get_pretrained_cfg(backbone)
+    if config is None or config.input_size is None:
+        return None
+    return int(max(config.input_size[1:]))
