@@ -10,7 +10,9 @@ import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from tailsweep.reporting import compare
@@ -65,7 +67,7 @@ def test_rows_group_seeds_and_keep_failures(sweep: Path) -> None:
     assert metrics == ["test/accuracy", "test/ev_mae", "test/rps"]  # test/ metrics without the loss
     assert [(r.label, r.status, r.n) for r in rows] == [
         ("loss=ce", "completed", 3), ("loss=rps", "completed", 3), ("loss=corn", "completed", 1),
-        ("loss=corn seed=2 [job 7]", "failed", 0), ("loss=corn seed=3 [job 8]", "failed", 0),
+        ("loss=corn seed=2 [job 7]", "failed", 0), ("loss=corn seed=3 [job 8]", "running", 0),
     ]
     for row in rows[:3]:
         loss = row.label.split("=")[1]
@@ -74,7 +76,7 @@ def test_rows_group_seeds_and_keep_failures(sweep: Path) -> None:
             assert row.mean[name] == pytest.approx(mean, rel=1e-12) and row.n == n
             assert (math.isnan(row.std[name]) and math.isnan(std)) or row.std[name] == pytest.approx(std, rel=1e-12)
     assert rows[0].jobs == ("0", "1", "2") and rows[2].jobs == ("6",)
-    assert rows[3].error.startswith("ValueError: CORN does not fit") and "running or killed" in rows[4].error
+    assert rows[3].error.startswith("ValueError: CORN does not fit") and "running, or killed" in rows[4].error
     assert all(math.isnan(v) for v in rows[3].mean.values())
 
 
@@ -157,3 +159,145 @@ def test_result_file_names_match_the_runtime() -> None:
     from tailsweep.utils import runtime
 
     assert (compare.METRICS_FILE, compare.FAILURE_FILE) == (runtime.METRICS_FILE, runtime.FAILURE_FILE)
+
+
+# ------------------------------------------------------------------------------------------- from predictions
+
+N_TEST, CLASSES, GROUP = 240, 6, 8
+
+
+def _write_predictions(path: Path, probabilities: np.ndarray, target: np.ndarray, group_id: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = {"task": "ordinal", "num_classes": probabilities.shape[1], "stage": "test", "corrected": False}
+    table = pa.table({
+        "index": pa.array(np.arange(len(target))[::-1].copy(), pa.int64()),  # any order: readers sort by index
+        "target": pa.array(target[::-1].copy(), pa.int64()),
+        "group_id": pa.array(group_id[::-1].copy(), pa.int64()),
+        "probabilities": pa.array(list(probabilities[::-1].astype(np.float32)), pa.list_(pa.float32())),
+    }).replace_schema_metadata({b"tailsweep": json.dumps(meta).encode()})
+    pq.write_table(table, path)
+
+
+def _probabilities(target: np.ndarray, sharpness: float, rng: np.random.Generator) -> np.ndarray:
+    logits = -sharpness * (np.arange(CLASSES)[None, :] - target[:, None]) ** 2 + rng.normal(0, 1, (len(target),
+                                                                                                     CLASSES))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture
+def predicted_sweep(tmp_path: Path) -> tuple[Path, dict]:
+    """loss=a (sharp), loss=b (the very same predictions as a), loss=c (blurred) x seed=1,2, with predictions;
+    the sweep's job list planned two more seeds of loss=d: one is running, one never started."""
+    root = tmp_path / "multiruns" / "x"
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+        "overrides": {"task": ["experiment=counting", "loss=a,b,c,d", "seed=1,2"]}}}))
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, CLASSES, N_TEST)
+    group_id = np.arange(N_TEST) // GROUP
+    made = {}
+    number = 0
+    for loss in "abcd":
+        for seed in (1, 2):
+            if loss == "d" and seed == 2:
+                continue  # never started: no directory
+            job = _job(root, number, ["experiment=counting", f"loss={loss}", f"seed={seed}"])
+            number += 1
+            if loss == "d":
+                continue  # running: a directory without a result
+            if loss == "b":
+                probs = made["a", seed]
+            else:
+                probs = _probabilities(target, 2.0 if loss == "a" else 0.1, np.random.default_rng([seed, ord(loss)]))
+            made[loss, seed] = probs
+            _write_predictions(job / "predictions.parquet", probs, target, group_id)
+            expected = probs @ np.arange(CLASSES)
+            metrics = {"test/ev_mae": float(np.abs(expected - target).mean()), "val/group_sum_mae": 1.0}
+            (job / "metrics.json").write_text(json.dumps({
+                "status": "completed", "metrics": metrics, "task": "ordinal", "monitor": "val/group_sum_mae",
+                "monitor_mode": "min", "monitor_best": 1.0 + seed, "best_epoch": seed + 2,
+                "stopped_early": loss == "c" and seed == 1}))
+    return root, {"target": target, "group_id": group_id, "probs": made}
+
+
+def test_intervals_differences_and_verdicts_from_predictions(predicted_sweep) -> None:
+    root, data = predicted_sweep
+    rows, metrics = summarize(root, ["group_sum_mae", "ev_mae", "rps", "qwk"], resamples=200)
+    assert metrics == ["test/group_sum_mae", "test/ev_mae", "test/rps", "test/qwk"]
+    by = {row.label: row for row in rows}
+    assert [(r.label, r.status) for r in rows] == [
+        ("loss=a", "completed"), ("loss=b", "completed"), ("loss=c", "completed"),
+        ("loss=d seed=1 [job 6]", "running"), ("loss=d seed=2 [job 7]", "not started")]
+    target = data["target"].astype(np.float64)
+    for loss in "ac":
+        # float64 references from the formulas, on the whole split, averaged over the two seeds
+        probs = [data["probs"][loss, s].astype(np.float32).astype(np.float64) for s in (1, 2)]
+        ev = [np.abs(p @ np.arange(CLASSES) - target).mean() for p in probs]
+        sums = [np.abs((p @ np.arange(CLASSES) - target).reshape(-1, GROUP).sum(axis=1)).mean() for p in probs]
+        cdf = [np.cumsum(p, axis=1) - (np.arange(CLASSES)[None, :] >= target[:, None]) for p in probs]
+        rps = [(c[:, :-1] ** 2).sum(axis=1).mean() for c in cdf]
+        row = by[f"loss={loss}"]
+        for name, reference in (("test/ev_mae", ev), ("test/group_sum_mae", sums), ("test/rps", rps)):
+            assert row.mean[name] == pytest.approx(np.mean(reference), rel=1e-9)
+            assert row.low[name] < row.mean[name] < row.high[name]
+        assert row.outcome["best_epochs"] == (3, 4) and row.outcome["monitor_best"] == pytest.approx(2.5)
+    assert by["loss=c"].outcome["stopped_early"] == 1
+    for name in metrics:
+        assert by["loss=c"].verdict[name] == "worse"
+        assert {by["loss=a"].verdict[name], by["loss=b"].verdict[name]} <= {"best", "indistinguishable from best"}
+        # a and b predict the same: paired resamples give them a difference of exactly 0
+        assert by["loss=a"].delta[name] == by["loss=b"].delta[name] == (0.0, 0.0, 0.0)
+        point, low, high = by["loss=c"].delta[name]
+        assert (low <= point <= high) and (0 < low if metric_direction(name) == "min" else high < 0)
+
+
+def test_the_decomposed_bootstrap_equals_the_metric_classes_on_the_same_draws(predicted_sweep) -> None:
+    from tailsweep.reporting.bootstrap import Predictions, _by_class, resample_metrics
+    from tailsweep.metrics import build_metric
+
+    root, _ = predicted_sweep
+    predictions = Predictions.read(root / "0" / "predictions.parquet")
+    for name in ("group_sum_mae", "group_sum_rel", "ev_rmse", "rps", "nll", "accuracy", "median_mae"):
+        fast = resample_metrics(predictions, [f"test/{name}"], resamples=40, seed=3)[f"test/{name}"]
+        assert fast.method == "decomposed"
+        metric = build_metric(name, "ordinal", CLASSES)
+        metric.set_dtype(torch.float64)
+        grouped = name.startswith("group_")
+        slow = _by_class(metric, predictions, predictions.units(grouped), grouped, 40, 3)
+        np.testing.assert_allclose(fast.resamples, slow, rtol=1e-9)
+    # a metric without a decomposition is resampled with its class
+    assert resample_metrics(predictions, ["test/qwk"], resamples=5)["test/qwk"].method == "metric class"
+
+
+def test_default_columns_are_the_monitor_then_the_headline_set(predicted_sweep) -> None:
+    root, _ = predicted_sweep
+    jobs = compare.read_jobs(root)
+    names = compare.default_metrics(jobs)
+    assert names[0] == "test/group_sum_mae" and len(names) <= 1 + compare.MAX_HEADLINE
+    assert names[1:4] == ["test/ev_mae", "test/rps", "test/argmax_mae"]
+
+
+def test_markdown_with_intervals_epochs_and_verdicts(predicted_sweep, capsys: pytest.CaptureFixture) -> None:
+    root, _ = predicted_sweep
+    assert main([str(root), "--metrics", "group_sum_mae", "ev_mae", "--resamples", "100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| run | n | best epoch | stopped early | best val/group_sum_mae ↓ | test/group_sum_mae ↓ | "
+                        "Δ to best | verdict | test/ev_mae ↓ | status |")
+    c = next(line for line in lines if line.startswith("| loss=c |"))
+    assert "| 3, 4 | 1/2 | 2.5 |" in c and "| worse |" in c and re.search(r"\| [0-9.]+ \[[0-9.]+, [0-9.]+\] \|", c)
+    assert next(line for line in lines if "[job 6]" in line).endswith("| running |")
+    assert next(line for line in lines if "[job 7]" in line).endswith("| not started |")
+    table = list(csv.DictReader(io.StringIO((root / "comparison.csv").read_text())))
+    assert table[2]["test/ev_mae verdict"] == "worse" and float(table[2]["test/ev_mae delta low"]) > 0
+
+
+@pytest.mark.parametrize(("name", "direction"), [
+    ("test/amae", "min"), ("test/mmae", "min"), ("test/group_sum_rel", "min"), ("test/off_by_one", "max"),
+    ("test/raw/rps", "min"), ("val/map", "max"), ("test/macro_recall", "max"),
+])
+def test_directions_come_from_the_metric_classes(name: str, direction: str) -> None:
+    assert metric_direction(name) == direction
