@@ -127,8 +127,9 @@ def _take(rng: np.random.Generator, labels: np.ndarray, sizes: dict[str, np.ndar
 def generate_fashion_lt(root: str | Path, config: FashionLTConfig | None = None, *, overwrite: bool = False) -> Path:
     """Write Fashion-MNIST-LT under ``root`` (grey PNGs, ``classes.txt``, ``manifest.csv``); returns the manifest."""
     config = config or FashionLTConfig()
-    arrays = read_fashion_mnist(config.source)  # before touching root: a missing source writes nothing
-    manifest = manifest_path(root, "fashion_lt", overwrite)
+    # the source is read and the images chosen before root is touched: a missing source or a config asking for
+    # more images than it has writes nothing
+    arrays = read_fashion_mnist(config.source)
     rng = np.random.default_rng(config.seed)
     classes = len(FASHION_CLASSES)
     train_images, train_labels = arrays["train"]
@@ -136,6 +137,7 @@ def generate_fashion_lt(root: str | Path, config: FashionLTConfig | None = None,
     from_train = _take(rng, train_labels, {"val": np.full(classes, config.val_per_class),
                                            "train": config.train_counts()}, "training")
     from_test = _take(rng, test_labels, {"test": np.full(classes, config.test_per_class)}, "test")
+    manifest = manifest_path(root, "fashion_lt", overwrite)
     (manifest.parent / "classes.txt").write_text("\n".join(FASHION_CLASSES) + "\n")
     rows = []
     for split, images, labels, indices in (("train", train_images, train_labels, from_train["train"]),

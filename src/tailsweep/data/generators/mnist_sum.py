@@ -146,7 +146,9 @@ def digit_counts(config: MnistSumConfig, available: np.ndarray) -> np.ndarray:
 def generate_mnist_sum(root: str | Path, config: MnistSumConfig | None = None, *, overwrite: bool = False) -> Path:
     """Write MNIST-sum under ``root`` (grey PNGs + ``manifest.csv``); returns the manifest path."""
     config = config or MnistSumConfig()
-    images, digits = read_digits(sample_path(config.source))  # before touching root: a missing source writes nothing
+    # the source is read and the counts checked before root is touched: a missing source or a size it cannot
+    # fill writes nothing
+    images, digits = read_digits(sample_path(config.source))
     counts = digit_counts(config, np.bincount(digits, minlength=NUM_DIGITS))
     manifest = manifest_path(root, "mnist_sum", overwrite)
     rng = np.random.default_rng(config.seed)
