@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tailsweep.data.stats import DatasetStatistics
+from tailsweep.losses.registry import loss_config_tasks
 from tailsweep.models.module import TailClassifier
 from tailsweep.utils.paths import config_dir
 
@@ -20,6 +21,10 @@ ORDINAL = MULTICLASS | {"rps", "emd", "ev_l1", "ev_l2", "ce_ev_l1", "cdw_ce", "s
                         "clm", "group_sum"}
 MULTILABEL = {"bce", "sigmoid_focal", "asl", "cb_bce"}
 SOFT = {"soft_ce", "soft_kl"}
+#: every library loss config (peer/ ones: tests/losses/test_peers.py) -> the task and C it is tried with
+WIDTH = {"ordinal": 6, "multilabel": 5, "soft": 3}
+CASES = [(name, task, WIDTH[task]) for name, tasks in sorted(loss_config_tasks(LOSS_DIR).items())
+         if not name.startswith("peer/") for task in ["ordinal" if "ordinal" in tasks else sorted(tasks)[0]]]
 
 
 def test_the_issue_names_every_loss_config() -> None:
@@ -48,11 +53,14 @@ def _module(name: str, task: str, c: int, **kwargs: object) -> tuple[TailClassif
     return module, target
 
 
-@pytest.mark.parametrize(
-    ("name", "task", "c"),
-    [(n, "ordinal", 6) for n in sorted(ORDINAL)] + [(n, "multilabel", 5) for n in sorted(MULTILABEL)]
-    + [(n, "soft", 3) for n in sorted(SOFT)],
-)
+def test_the_cases_cover_every_named_config_with_its_task() -> None:
+    tasks = {name: task for name, task, _ in CASES}
+    assert {name for name in tasks if tasks[name] == "ordinal"} >= ORDINAL
+    assert {name for name in tasks if tasks[name] == "multilabel"} == MULTILABEL
+    assert {name for name in tasks if tasks[name] == "soft"} == SOFT
+
+
+@pytest.mark.parametrize(("name", "task", "c"), CASES)
 def test_loss_trains_and_scores_through_the_module(name: str, task: str, c: int) -> None:
     torch.manual_seed(0)
     module, target = _module(name, task, c)

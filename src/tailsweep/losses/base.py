@@ -38,8 +38,8 @@ from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Parametrization, compute_dtype, make_parametrization
 from tailsweep.tasks import HARD_LABEL_TASKS
 
-__all__ = ["REDUCTIONS", "ClassTargetLoss", "TailLoss", "check_class_target", "check_tensor", "checks_enabled",
-           "compute_dtype"]
+__all__ = ["REDUCTIONS", "ClassTargetLoss", "TailLoss", "check_class_target", "check_tensor", "checks_deferred",
+           "checks_enabled", "compute_dtype"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -49,6 +49,12 @@ def checks_enabled(loss: TailLoss) -> bool:
     class-level switch ``TailLoss.validate``, or one set on a subclass or instance) and the code is not being
     traced by ``torch.compile``."""
     return bool(loss.validate) and not torch.compiler.is_compiling()
+
+
+def checks_deferred(value: object) -> bool:
+    """True when reading ``value`` on the host would wait for an accelerator (a host sync): checks of it are then
+    deferred (a device flag, an async assert) instead of made at once. On the CPU reading costs nothing."""
+    return isinstance(value, Tensor) and value.device.type != "cpu"
 
 
 def check_tensor(loss_name: str, what: str, value: object, expected: str = "a tensor") -> None:
@@ -191,7 +197,14 @@ class TailLoss(nn.Module):
 
 class ClassTargetLoss(TailLoss):
     """A loss on integer class labels ``[B]``, with ``ignore_index`` masking (the labels it marks count for
-    nothing: loss 0, left out of the mean)."""
+    nothing: loss 0, left out of the mean).
+
+    The label range is checked exactly (a ``ValueError`` naming the values) on the CPU and on an accelerator's
+    first batch; later batches on an accelerator are checked by an asynchronous device assert (no host sync).
+    """
+
+    #: True once a batch on an accelerator had its labels checked exactly
+    labels_checked_on_device: bool = False
 
     def __init__(self, reduction: str = "mean", ignore_index: int | None = -100,
                  parametrization: str | Parametrization = "softmax") -> None:
@@ -204,8 +217,11 @@ class ClassTargetLoss(TailLoss):
 
     def prepare_labels(self, num_classes: int, like: Tensor, target: Tensor) -> tuple[int, Tensor, Tensor | None]:
         """``prepare_target`` for ``num_classes`` classes and a batch the size of ``like``'s first dimension."""
-        ignored = check_class_target(self.name, like, target, num_classes, self.ignore_index,
-                                     values=checks_enabled(self))
+        values: bool | str = checks_enabled(self)
+        if values and checks_deferred(target):
+            values = "async" if self.labels_checked_on_device else True
+            self.labels_checked_on_device = True
+        ignored = check_class_target(self.name, like, target, num_classes, self.ignore_index, values=values)
         target = target.long()  # uint8/int16/int32 labels: index with int64 (uint8 would index as a mask)
         if self.ignore_index is None or ignored is False:
             return num_classes, target, None
@@ -220,12 +236,14 @@ class ClassTargetLoss(TailLoss):
 
 
 def check_class_target(loss_name: str, outputs: Tensor, target: Tensor, num_classes: int,
-                       ignore_index: int | None = None, *, values: bool = True) -> bool | None:
+                       ignore_index: int | None = None, *, values: bool | str = True) -> bool | None:
     """Validate integer class targets against the batch size and class range (a clear ``ValueError``).
 
     Shape and dtype checks are free; the range check (when ``values``) costs one pass and one host sync, two
-    when labels outside ``0..C-1`` are present. Returns whether any label equals ``ignore_index`` (None when the
-    values were not looked at), so that callers can skip the masking.
+    when labels outside ``0..C-1`` are present; ``values="async"`` checks the range with ``torch._assert_async``
+    instead (no host sync on an accelerator, where a failure is a device-side assert). Returns whether any label
+    equals ``ignore_index`` (None when the values were not looked at on the host), so that callers can skip the
+    masking.
     """
     check_tensor(loss_name, "target", target, "integer class labels")
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
@@ -235,6 +253,13 @@ def check_class_target(loss_name: str, outputs: Tensor, target: Tensor, num_clas
             f"{loss_name}: expected target of shape ({outputs.shape[0]},), got {tuple(target.shape)}"
         )
     if not values or target.numel() == 0:
+        return None
+    if values == "async":
+        inside = (target >= 0) & (target < num_classes)
+        if ignore_index is not None:
+            inside |= target == ignore_index
+        torch._assert_async(inside.all(), f"{loss_name}: labels must lie in 0..{num_classes - 1} or equal "
+                                          f"ignore_index={ignore_index}")
         return None
     low, high = torch.stack(target.aminmax()).tolist()
     if low >= 0 and high < num_classes:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import TailLoss
+from tailsweep.losses.base import TailLoss, checks_deferred
 from tailsweep.metrics.collections import build_metric_collection
 from tailsweep.models.backbones import build_backbone
 from tailsweep.models.calibration import PriorCorrection
@@ -47,7 +47,9 @@ class TailClassifier(L.LightningModule):
         compile: ``torch.compile`` the backbone.
         nonfinite_loss: ``raise`` (stop with the step, the batch's labels and the loss name) or ``skip`` (drop
             the batch's update and count it in ``train/skipped_batches``). Either way a NaN/inf loss never
-            silently trains on; the check costs one device-to-host sync per step.
+            silently trains on. ``skip`` needs the answer before the update: one device-to-host sync per step on
+            an accelerator. ``raise`` on an accelerator keeps a device flag instead and reads it every
+            ``trainer.log_every_n_steps`` steps and before validation, failing with the first bad step's number.
         max_group_size: most members a group can have (sizes the group-sum distribution metrics); None = the
             largest group of the training split.
         prior_correction: report probabilities corrected for what class weights and weighted sampling did to
@@ -106,6 +108,8 @@ class TailClassifier(L.LightningModule):
         self.val_raw_metrics = self.val_metrics.clone(prefix="val/raw/") if self.report_raw else None
         self.test_raw_metrics = self.test_metrics.clone(prefix="test/raw/") if self.report_raw else None
         self.skipped_batches = 0
+        #: device-side record of the first non-finite loss (step, value); see ``_record_nonfinite``
+        self._first_nonfinite: Tensor | None = None
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -138,7 +142,9 @@ class TailClassifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         outputs, loss = self._step(batch)
-        if not torch.isfinite(loss):
+        if self.hparams.nonfinite_loss == "raise" and checks_deferred(loss):
+            self._record_nonfinite(loss)
+        elif not torch.isfinite(loss):
             return self._on_nonfinite_loss(loss, batch)
         # prog_bar values are turned into Python floats every step (a host sync), so only when a bar shows them
         show = self._trainer is not None and self.trainer.progress_bar_callback is not None
@@ -147,6 +153,39 @@ class TailClassifier(L.LightningModule):
             with torch.no_grad():
                 self.train_metrics.update(self.parametrization.probabilities(outputs.detach()), batch["target"])
         return loss
+
+    def _record_nonfinite(self, loss: Tensor) -> None:
+        """Keep, on the device, the global step and value of the first non-finite loss (step -1: none yet):
+        no host sync; ``_check_nonfinite`` reads it at logging intervals."""
+        value = loss.detach().float()
+        if self._first_nonfinite is None or self._first_nonfinite.device != value.device:
+            self._first_nonfinite = torch.tensor([-1.0, 0.0], device=value.device)
+        first = self._first_nonfinite
+        new = (first[0] < 0) & ~torch.isfinite(value)
+        step = torch.full_like(value, float(self.global_step))  # a fill, not a host-to-device copy
+        first.copy_(torch.where(new, torch.stack([step, value]), first))
+
+    def _check_nonfinite(self) -> None:
+        """Raise ``NonFiniteLossError`` if a deferred check recorded a non-finite loss (one host sync)."""
+        if self._first_nonfinite is None:
+            return
+        step, value = self._first_nonfinite.tolist()
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"{self.loss.name} returned a non-finite loss ({value}) at global step {int(step)} (found at the "
+                f"check of step {self.global_step}, epoch {self.current_epoch}; on an accelerator the check runs "
+                f"every trainer.log_every_n_steps steps without a per-step sync, so the batch labels were not "
+                f"kept). Set model.nonfinite_loss=skip to drop such batches instead."
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._first_nonfinite is not None and self._trainer is not None:
+            interval = max(int(self.trainer.log_every_n_steps), 1)
+            if (batch_idx + 1) % interval == 0:
+                self._check_nonfinite()
+
+    def on_validation_epoch_start(self) -> None:
+        self._check_nonfinite()  # before validation, so that no checkpoint is saved from NaN weights
 
     def _on_nonfinite_loss(self, loss: Tensor, batch: dict[str, Tensor]) -> None:
         labels = batch["target"].detach().cpu()
@@ -182,6 +221,7 @@ class TailClassifier(L.LightningModule):
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
+        self._check_nonfinite()
         self._log_epoch_metrics(self.train_metrics)
 
     def on_validation_epoch_end(self) -> None:
