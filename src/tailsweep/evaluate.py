@@ -70,6 +70,17 @@ def training_parts(cfg: DictConfig, checkpoint: Path) -> DictConfig:
     return cfg
 
 
+def resolved_training_parts(checkpoint: Path) -> DictConfig:
+    """The ``data``, ``model`` and ``loss`` configs of the run that wrote ``checkpoint``, resolved in that run's own
+    config (its paths and seed, whatever the current command line says); a clear error outside a run directory."""
+    saved = training_config(checkpoint)
+    if saved is None:
+        raise FileNotFoundError(f"no .hydra/config.yaml of a training run above {checkpoint}: the model is rebuilt "
+                                "from the config of the run that wrote the checkpoint")
+    parts = ("data", "model", "loss")
+    return OmegaConf.create({key: OmegaConf.to_container(saved[key], resolve=True) for key in parts})
+
+
 def rebuild_model(cfg: DictConfig, stage: str) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule of ``cfg.data`` (set up for ``stage``: its training statistics shape the model) and the
     untrained model of ``cfg.model`` and ``cfg.loss`` built from them."""

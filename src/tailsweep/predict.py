@@ -51,7 +51,7 @@ from tailsweep.data.unlabelled import (
     list_image_directory,
     read_image_list,
 )
-from tailsweep.evaluate import checkpoint_path, rebuild_model, training_config
+from tailsweep.evaluate import checkpoint_path, rebuild_model, resolved_training_parts
 from tailsweep.models.conformal import ConformalCalibration, GroupSumPrediction, aps_sets
 from tailsweep.models.inference import attach_saved_calibration, inference_device, iter_reported
 from tailsweep.models.summaries import (
@@ -243,15 +243,9 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     """Predict on the images of ``cfg.data`` with ``cfg.ckpt_path``; writes the files listed in the module
     docstring and returns counts (``images``, ``skipped``, ``groups``)."""
     checkpoint = checkpoint_path(cfg, "tailsweep-predict")
-    saved = training_config(checkpoint)
-    if saved is None:
-        raise FileNotFoundError(f"tailsweep-predict: no .hydra/config.yaml of a training run above {checkpoint}; "
-                                "predict rebuilds the model from the run that wrote the checkpoint")
     options = cfg.predict
     levels = _levels(options.levels)
-    # the run's data, model and loss, resolved in the run's own config (its paths, its seed)
-    trained = OmegaConf.create({key: OmegaConf.to_container(saved[key], resolve=True)
-                                for key in ("data", "model", "loss")})
+    trained = resolved_training_parts(checkpoint)
     datamodule, model = rebuild_model(trained, "validate")
     reading = dict(datamodule.hparams)
     inputs = read_inputs(OmegaConf.to_container(cfg.data, resolve=True), reading)

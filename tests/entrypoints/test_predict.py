@@ -236,3 +236,30 @@ def test_calibration_group_composes_with_train_and_eval(option: str) -> None:
     GlobalHydra.instance().clear()
     assert train.calibration.method == evaluation.calibration.method == option
     assert train.calibration.levels == [0.8, 0.9] and train.calibration.group_score == "rank"
+
+
+def test_multiclass_sets_and_multilabel_probabilities_in_the_image_columns() -> None:
+    import torch
+
+    from tailsweep.models.conformal import ConformalCalibration
+    from tailsweep.predict import image_columns
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(2 * torch.randn(200, 4, generator=generator, dtype=torch.float64), 1)
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    names = ["cat", "dog", "fox", "owl"]
+    conformal = ConformalCalibration.fit(probs[:100], labels[:100], None, "multiclass")
+    columns, method = image_columns(probs[100:], "multiclass", names, [0.9], top=2, all_probabilities=False,
+                                    conformal=conformal)
+    assert method == "conformal" and "expected" not in columns and columns["argmax_name"][0] in names
+    sets = [s.split("|") for s in columns["set@0.9"]]
+    assert all(names[a] in s for a, s in zip(columns["argmax"], sets, strict=True))  # the top class is always in
+    covered = sum(names[y] in s for y, s in zip(labels[100:].tolist(), sets, strict=True)) / 100
+    assert covered >= 0.8  # 0.9 nominal; 100 draws
+    assert columns["top1_p"][0] >= columns["top2_p"][0]
+
+    sigmoid = torch.rand(5, 3, generator=generator)
+    columns, method = image_columns(sigmoid, "multilabel", ["a", "b", "c"], [0.9], top=2, all_probabilities=False,
+                                    conformal=None)
+    assert method == "none" and set(columns) == {"p_a", "p_b", "p_c", "predicted"}
+    assert columns["predicted"][0] == "|".join(n for n, p in zip("abc", sigmoid[0].tolist(), strict=True) if p >= 0.5)
