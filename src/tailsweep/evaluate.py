@@ -12,11 +12,14 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from tailsweep.models.build import build_model
+from tailsweep.utils.checkpointing import check_checkpoint_fits
 from tailsweep.utils.paths import config_dir, register_resolvers
+from tailsweep.utils.resume import apply_training_config, config_origin
 from tailsweep.utils.runtime import (
     METRICS_FILE,
     instantiate_list,
@@ -51,14 +54,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in EVAL_SPLITS:
         raise ValueError(f"tailsweep-eval: split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
     saved = training_config(checkpoint) if cfg.get("use_train_config", True) else None
-    if saved is not None:
-        with open_dict(cfg):
-            for key in ("data", "model", "loss"):
-                cfg[key] = saved[key]
+    if saved is not None:  # the command line's data/model/loss overrides: applied when safe, else named
+        apply_training_config(cfg, saved, HydraConfig.get().overrides.task, f"the run config next to {checkpoint}")
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    datamodule.setup("test")
-    model = build_model(cfg, datamodule)
+    with config_origin(cfg, f"the run config next to {checkpoint}" if saved is not None else None):
+        datamodule: L.LightningDataModule = instantiate(cfg.data)
+        datamodule.setup("test")
+        model = build_model(cfg, datamodule)
+    check_checkpoint_fits(model, checkpoint, cfg.loss.get("_target_"), datamodule.statistics.num_classes)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")),
                                      logger=instantiate_list(cfg.get("logger")) or False)
     run = trainer.validate if cfg.split == "val" else trainer.test

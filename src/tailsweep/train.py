@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tailsweep.models.build import build_model
+from tailsweep.utils.checkpointing import check_checkpoint_fits
 from tailsweep.utils.distributed import (
     distributed_job_scope,
     launch_ranks_as_single_jobs,
@@ -23,6 +24,7 @@ from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.resume import begin_attempt, completed_job_metrics, job_checkpoint, resume_command_line
 from tailsweep.utils.runtime import (
     METRICS_FILE,
+    check_optimizer_numbers,
     instantiate_list,
     metric_value,
     output_dir,
@@ -58,10 +60,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
 
     validate_trainer_config(cfg.trainer)
+    check_optimizer_numbers(cfg.model.get("optimizer"))
     checkpoint = job_checkpoint(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
     model = build_model(cfg, datamodule)
+    if checkpoint is not None:  # resume: a head that does not fit is named with the loss behind it
+        check_checkpoint_fits(model, checkpoint, cfg.loss.get("_target_"), datamodule.statistics.num_classes)
     check_monitor(cfg.get("monitor"), model)
 
     callbacks = instantiate_list(cfg.get("callbacks"))
