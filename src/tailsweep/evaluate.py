@@ -18,13 +18,16 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
 from tailsweep.models.inference import attach_saved_calibration, calibrate_on_validation
+from tailsweep.utils.checkpointing import check_checkpoint_fits
 from tailsweep.utils.paths import config_dir, register_resolvers
+from tailsweep.utils.resume import apply_training_config, config_origin
 from tailsweep.utils.runtime import (
     METRICS_FILE,
     instantiate_list,
@@ -59,17 +62,6 @@ def checkpoint_path(cfg: DictConfig, command: str) -> Path:
     return checkpoint
 
 
-def training_parts(cfg: DictConfig, checkpoint: Path) -> DictConfig:
-    """``cfg`` with the ``data``, ``model`` and ``loss`` the checkpoint's run trained with (unless
-    ``use_train_config=false`` or the checkpoint is not in a run directory)."""
-    saved = training_config(checkpoint) if cfg.get("use_train_config", True) else None
-    if saved is not None:
-        with open_dict(cfg):
-            for key in ("data", "model", "loss"):
-                cfg[key] = saved[key]
-    return cfg
-
-
 def resolved_training_parts(checkpoint: Path) -> DictConfig:
     """The ``data``, ``model`` and ``loss`` configs of the run that wrote ``checkpoint``, resolved in that run's own
     config (its paths and seed, whatever the current command line says); a clear error outside a run directory."""
@@ -94,8 +86,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     checkpoint = checkpoint_path(cfg, "tailsweep-eval")
     if cfg.split not in EVAL_SPLITS:
         raise ValueError(f"tailsweep-eval: split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
-    cfg = training_parts(cfg, checkpoint)
-    datamodule, model = rebuild_model(cfg, "test")
+    saved = training_config(checkpoint) if cfg.get("use_train_config", True) else None
+    source = f"the run config next to {checkpoint}" if saved is not None else None
+    if saved is not None:  # the command line's data/model/loss overrides: applied when safe, else named
+        apply_training_config(cfg, saved, HydraConfig.get().overrides.task, source)
+    with config_origin(cfg, source):
+        datamodule, model = rebuild_model(cfg, "test")
+    check_checkpoint_fits(model, checkpoint, cfg.loss.get("_target_"), datamodule.statistics.num_classes)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")),
                                      logger=instantiate_list(cfg.get("logger")) or False)
     levels = (cfg.get("calibration") or {}).get("levels", (0.8, 0.9))

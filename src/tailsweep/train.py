@@ -17,6 +17,7 @@ from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
 from tailsweep.models.inference import calibrate_on_validation
 from tailsweep.monitor import resolve_monitor
+from tailsweep.utils.checkpointing import check_checkpoint_fits
 from tailsweep.utils.distributed import (
     distributed_job_scope,
     launch_ranks_as_single_jobs,
@@ -26,6 +27,7 @@ from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.resume import begin_attempt, completed_job_metrics, job_checkpoint, resume_command_line
 from tailsweep.utils.runtime import (
     METRICS_FILE,
+    check_optimizer_numbers,
     instantiate_list,
     metric_value,
     output_dir,
@@ -61,11 +63,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
 
     validate_trainer_config(cfg.trainer)
+    check_optimizer_numbers(cfg.model.get("optimizer"))
     checkpoint = job_checkpoint(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data, **data_hints(cfg))
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
     resolve_monitor(cfg, datamodule.statistics)  # monitor: auto -> the task's headline, before the callbacks
     model = build_model(cfg, datamodule)
+    if checkpoint is not None:  # resume: a head that does not fit is named with the loss behind it
+        check_checkpoint_fits(model, checkpoint, cfg.loss.get("_target_"), datamodule.statistics.num_classes)
     check_monitor(cfg.get("monitor"), model)
 
     callbacks = instantiate_list(cfg.get("callbacks"))

@@ -48,7 +48,7 @@ def test_a_truncated_checkpoint_or_a_directory_is_named(tmp_path: Path) -> None:
     _truncate(ckpt)
     with pytest.raises(ValueError, match=r"ckpt_path='.*last\.ckpt': not a complete checkpoint \(\d+ bytes"):
         check_loadable(ckpt)
-    with pytest.raises(ValueError, match="last.ckpt"):
+    with pytest.raises(ValueError, match=r"last\.ckpt"):
         resolve_checkpoint(str(ckpt), tmp_path)
     _checkpoint(tmp_path / "run" / "checkpoints" / "epoch_000.ckpt", 2)
     with pytest.raises(IsADirectoryError, match=r"is a directory; expected a \.ckpt file, e\.g\. one of .*epoch_000"):

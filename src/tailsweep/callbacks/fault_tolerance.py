@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -95,3 +96,63 @@ class ScheduleOverTheNewBudget(Callback):
             rank_zero_info(f"resume: {type(scheduler).__name__} continues at epoch {scheduler.last_epoch} with the "
                            f"config's {changed} (the checkpoint had {({k: restored.get(k) for k in changed})}); "
                            f"lr now {[group['lr'] for group in scheduler.optimizer.param_groups]}")
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeMidEpoch(Callback):
+    """Resume a checkpoint saved mid-epoch (SIGTERM, ``every_n_train_steps``) exactly where it stopped.
+
+    Lightning restores the loop's progress (``k`` of ``n`` batches of the epoch done) but restarts a plain
+    ``DataLoader`` from its first batch, so the resumed epoch trained on other samples than an uninterrupted one.
+    Here the checkpoint also holds the global random generators' states (Python, NumPy, torch, CUDA), and on
+    resume the training sampler (``load_state_dict``: epoch and start position ``k * batch_size``) yields the
+    epoch's remaining samples while the generators continue from their saved states at the first resumed batch
+    (after ``EpochSeeder`` re-seeded the epoch). The states are rank 0's (Lightning saves on rank 0).
+    """
+
+    STATE_KEY = "tailsweep_rng_states"
+
+    def __init__(self) -> None:
+        self._states: dict[str, Any] | None = None
+        self._restore_at_next_batch = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[self.STATE_KEY] = _rng_states()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._states = checkpoint.get(self.STATE_KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        total = trainer.num_training_batches
+        if trainer.ckpt_path is None or not 0 < done < total:
+            return  # a fresh run or an end-of-epoch checkpoint: the next epoch starts from its beginning
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if not hasattr(sampler, "load_state_dict"):
+            rank_zero_info(f"resume mid-epoch: the training sampler {type(sampler).__name__} keeps no position; "
+                           f"the epoch restarts from its first batch ({done} of {total} were done)")
+            return
+        sampler.load_state_dict({"epoch": trainer.current_epoch, "start": done * loader.batch_size})
+        self._restore_at_next_batch = self._states is not None
+        rank_zero_info(f"resume mid-epoch: epoch {trainer.current_epoch} continues at batch {done} of {total}")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if self._restore_at_next_batch:
+            _set_rng_states(self._states)
+            self._restore_at_next_batch = False

@@ -379,7 +379,9 @@ class TailDataModule(L.LightningDataModule):
         sampler = ShardedRandomSampler(len(self.split("train")), self._train_weights,
                                        num_samples=self.sampler_config.num_samples, seed=self.seed, rank=rank,
                                        world_size=world_size, block_size=self.hparams.batch_size,
-                                       on_epoch=lambda epoch: flips.reseed(self.seed * 1_000_003 + epoch))
+                                       on_epoch=lambda epoch: flips.reseed(self.seed * 1_000_003 + epoch),
+                                       on_skip=lambda start: flips.skip(start // self.hparams.batch_size,
+                                                                        self.hparams.batch_size))
         trainer = self.trainer
         if trainer is not None and trainer.training:
             # Lightning sets the epoch only after the loader's first iterator exists, which on resume already drew

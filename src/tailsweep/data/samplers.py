@@ -12,6 +12,8 @@ exactly once across the ranks (``DistributedSampler`` pads with duplicates, whic
 Epochs: Lightning calls ``set_epoch(trainer's epoch)`` on the sampler of every training loader before each
 epoch (also with ``use_distributed_sampler: false``), which makes a resumed run draw what the uninterrupted run
 would have drawn. When nothing calls ``set_epoch`` (a plain loop), each new iteration advances the epoch by one.
+Mid-epoch resume: ``load_state_dict({"epoch": e, "start": k})`` makes the next iteration of epoch ``e`` start at
+position ``k`` of the rank's shard (``callbacks.fault_tolerance.ResumeMidEpoch`` asks for it after a restore).
 """
 
 from __future__ import annotations
@@ -274,6 +276,7 @@ class ShardedRandomSampler(Sampler[int]):
         chunk_size: int = 1 << 20,
         on_epoch: Callable[[int], None] | None = None,
         block_size: int | None = None,
+        on_skip: Callable[[int], None] | None = None,
     ) -> None:
         if not (_is_count(num_items) and num_items >= 1):
             raise ValueError(f"ShardedRandomSampler: num_items must be >= 1 (an integer), got {num_items!r}")
@@ -299,6 +302,9 @@ class ShardedRandomSampler(Sampler[int]):
         self._iterated = False
         #: called with the epoch when its sequence starts (re-seeds the augmentation generator)
         self.on_epoch = on_epoch
+        #: called with the number of positions skipped when an iteration resumes mid-epoch (after ``on_epoch``)
+        self.on_skip = on_skip
+        self._resume: tuple[int, int] | None = None
 
     @property
     def weighted(self) -> bool:
@@ -312,14 +318,39 @@ class ShardedRandomSampler(Sampler[int]):
         self.epoch = int(epoch)
         self._epoch_was_set = True
 
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and the position in this rank's shard where the next iteration starts."""
+        epoch, start = self._resume or (self.epoch, 0)
+        return {"epoch": epoch, "start": start}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Start the next iteration of epoch ``state["epoch"]`` at position ``state["start"]`` of this rank's
+        shard (a resume mid-epoch: the positions before it were trained on); an iteration of another epoch starts
+        at 0 and drops the request."""
+        epoch, start = int(state["epoch"]), int(state["start"])
+        if not 0 <= start <= self.shard_size:
+            raise ValueError(f"ShardedRandomSampler: start must be in 0..{self.shard_size}, got {start}")
+        self._resume = (epoch, start)
+
     def __iter__(self) -> Iterator[int]:
         if self._iterated and not self._epoch_was_set:
             self.epoch += 1
         self._iterated, self._epoch_was_set = True, False
         if self.on_epoch is not None:
             self.on_epoch(self.epoch)
+        start = 0
+        if self._resume is not None:
+            epoch, start = self._resume
+            self._resume = None
+            start = start if epoch == self.epoch else 0
+        if start and self.on_skip is not None:
+            self.on_skip(start)
         for chunk in self._shard_chunks(self.epoch):
-            yield from chunk.tolist()
+            if start >= chunk.size:
+                start -= chunk.size
+                continue
+            yield from chunk[start:].tolist()
+            start = 0
 
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's indices of ``epoch`` (default: the current one) as int64, without advancing the epoch."""

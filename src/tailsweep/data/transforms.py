@@ -77,6 +77,13 @@ class BatchTransform:
         """Restart the flip sequence from ``seed``."""
         self.generator.manual_seed(seed % 2**63)
 
+    def skip(self, batches: int, batch_size: int) -> None:
+        """Advance the flip sequence past ``batches`` batches of ``batch_size`` images (a resume mid-epoch)."""
+        for _ in range(batches):
+            for enabled in (self.hflip, self.vflip):
+                if enabled:
+                    torch.rand(batch_size, generator=self.generator)
+
     def __call__(self, images: Tensor) -> Tensor:
         if images.dtype != torch.uint8:
             return images

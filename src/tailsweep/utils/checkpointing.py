@@ -164,3 +164,31 @@ def resume_run_dir(ckpt_path: str | None, runs_dir: str, default: str) -> str:
         return default  # the entry point reports the missing checkpoint with a clear message
     run_dir = run_dir_of_checkpoint(checkpoint) if checkpoint else None
     return str(run_dir) if run_dir is not None else default
+
+
+def _run_loss(checkpoint: Path) -> str | None:
+    """``loss._target_`` of the run that wrote ``checkpoint`` (its latest attempt's config), if there is one."""
+    from omegaconf import OmegaConf
+
+    from tailsweep.utils.resume import latest_config_dir
+
+    run = run_dir_of_checkpoint(checkpoint)
+    config = latest_config_dir(run) / "config.yaml" if run is not None else None
+    if config is None or not config.is_file():
+        return None
+    return OmegaConf.select(OmegaConf.load(config), "loss._target_", default=None)
+
+
+def check_checkpoint_fits(model: torch.nn.Module, checkpoint: str | os.PathLike, loss: str, num_classes: int) -> None:
+    """Raise a ``ValueError`` when the checkpoint's weights do not fit the model this config builds, naming the
+    parameter, both shapes, the loss and ``num_classes`` behind the head (torch lists only the shapes)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name in own and hasattr(tensor, "shape") and tuple(tensor.shape) != tuple(own[name].shape):
+            trained = _run_loss(Path(checkpoint))
+            origin = f" (the run trained loss={trained})" if trained else ""
+            raise ValueError(
+                f"ckpt_path={str(checkpoint)!r}: {name} has shape {tuple(tensor.shape)} in the checkpoint{origin} but "
+                f"{tuple(own[name].shape)} in the model this config builds with loss={loss} and "
+                f"num_classes={num_classes}; the loss decides the head's width: use the run's loss and data")

@@ -32,6 +32,11 @@ def _device_count(accelerator: str) -> int | None:
 
 def validate_trainer_config(trainer: Mapping[str, Any]) -> None:
     """Raise a ``ValueError`` naming the setting, what is available and what was asked for."""
+    max_epochs = trainer.get("max_epochs")
+    if isinstance(max_epochs, bool) or (max_epochs is not None and not trainer.get("fast_dev_run") and (
+            not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1)):
+        raise ValueError(f"trainer.max_epochs must be an integer >= 1 (or -1 for no limit), got {max_epochs!r}: "
+                         "a run of 0 epochs trains nothing and would be recorded as completed")
     accelerator = str(trainer.get("accelerator", "auto"))
     resolved = ACCELERATOR_ALIASES.get(accelerator, accelerator)
     known = sorted(AcceleratorRegistry.available_accelerators())

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,3 +329,63 @@ def checkpoint_step(checkpoint: str) -> int:
     import torch
 
     return int(torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+
+
+# --------------------------------------------------------------------------- evaluating with a run's config
+#: the config groups ``tailsweep-eval`` takes from the training run, to rebuild the trained model
+TRAINING_GROUPS = ("data", "model", "loss")
+#: overrides of those groups that evaluation can apply on top of the run's config (they do not change the model)
+EVAL_SAFE_OVERRIDES = ("data.eval_batch_size", "data.batch_size", "data.num_workers", "data.pin_memory",
+                       "data.check_files", "data.cache_images", "model.metrics", "model.metrics.*")
+
+
+def apply_training_config(cfg: DictConfig, saved: DictConfig, overrides: Sequence[str], source: str) -> None:
+    """Replace ``cfg``'s data, model and loss by the training run's (``saved``, from ``source``), re-apply the
+    command line's safe overrides of them (batch sizes, workers, metrics) and refuse the others by name, instead
+    of dropping them silently (``loss=corn`` cannot apply to a model trained with another head). An override
+    that gives the run's own value is no conflict."""
+    touched = [o for o in _parse(overrides) if o.key_or_group.split("/")[0].split(".")[0] in TRAINING_GROUPS]
+
+    def differs(override) -> bool:
+        key = override.key_or_group.replace("/", ".")
+        ours, theirs = (OmegaConf.select(c, key, default=None, throw_on_resolution_failure=False) for c in (cfg, saved))
+        plain = [OmegaConf.to_container(v, resolve=False) if OmegaConf.is_config(v) else v for v in (ours, theirs)]
+        return plain[0] != plain[1]
+
+    refused = [o.input_line for o in touched if differs(o)
+               and not any(fnmatch.fnmatchcase(o.key_or_group, pattern) for pattern in EVAL_SAFE_OVERRIDES)]
+    if refused:
+        raise ValueError(
+            f"tailsweep-eval: cannot apply {refused} with the training config ({source}): data, model and loss "
+            f"come from the run, to rebuild the trained model. Of those groups only {list(EVAL_SAFE_OVERRIDES)} "
+            "apply (and everything else: split, trainer, callbacks, logger). Drop them, or pass "
+            "use_train_config=false to build data, model and loss from the command line.")
+    safe = {o.key_or_group: OmegaConf.select(cfg, o.key_or_group) for o in touched if not o.is_delete()}
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        for key in TRAINING_GROUPS:
+            cfg[key] = saved[key]
+        for key, value in safe.items():
+            OmegaConf.update(cfg, key, value, force_add=True)
+
+
+@contextmanager
+def config_origin(config: DictConfig, source: str | None) -> Iterator[None]:
+    """Inside, an instantiation that fails on an unexpected keyword names the config key, the class and the file
+    the config came from (a run config written by another version of tailsweep), not only the ``TypeError``."""
+    from hydra.errors import InstantiationException
+
+    try:
+        yield
+    except InstantiationException as error:
+        found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if source is None or found is None:
+            raise
+        target = re.search(r"target '([\w.]+)'", str(error))
+        target_name = target.group(1) if target else "its _target_"
+        groups = [g for g in TRAINING_GROUPS if OmegaConf.select(config, f"{g}._target_", default=None) == target_name]
+        key = f"{groups[0] if groups else '<group>'}.{found.group(1)}"
+        raise ValueError(f"{key}: {target_name} takes no argument {found.group(1)!r}, but the config from {source} "
+                         f"sets it (a run config from another version of tailsweep?). Expected one of the class's "
+                         f"parameters; remove {key} from that config or pass use_train_config=false") from None

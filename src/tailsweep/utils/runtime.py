@@ -133,3 +133,18 @@ def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+#: optimizer settings that must be real numbers (torch compares them with floats: "'<=' not supported")
+OPTIMIZER_NUMBERS = ("lr", "weight_decay", "momentum", "eps", "alpha", "dampening", "lr_decay", "rho")
+
+
+def check_optimizer_numbers(optimizer: Mapping[str, Any] | None, key: str = "model.optimizer") -> None:
+    """Raise a ``ValueError`` naming ``<key>.<name>``, the expected type and the value when a numeric optimizer
+    setting is not a real number (``model.optimizer.lr=abc`` reaches torch as the string ``'abc'``)."""
+    for name in OPTIMIZER_NUMBERS:
+        value = (optimizer or {}).get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{key}.{name} must be a finite real number, got {value!r} ({type(value).__name__})")
