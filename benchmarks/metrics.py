@@ -8,6 +8,13 @@ offset per batch so groups of 8 stay distinct) and is timed from construction to
 best of ``--repeats``. Ratios are against MulticlassAccuracy with the same ``validate_args`` setting; the multi-label
 rows take ``[B, L]`` inputs, for which torchmetrics' MultilabelAccuracy is shown as the like-for-like reference.
 Prints a markdown table (the ``## Metrics`` section of BENCHMARKS.md records one).
+
+    PYTHONPATH=src python benchmarks/metrics.py --quick               # group-sum distributions at C=30/300/1000
+
+``--quick`` measures only the group-sum distribution metric (``GroupSumRPS``, groups of 8; ``GroupSumNLL`` shares
+its state in a collection) as a ratio of process CPU time to ``RankedProbabilityScore`` on the same batches, at
+C = 30, 300 and 1000, and the members' transform alone: the zero-padded rfft it does now against the float64
+``C x S/2`` DFT table (two matmuls) it did before.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from tailsweep.metrics import (
     MultilabelTopKRecall,
     NegativeLogLikelihood,
     OffByOneAccuracy,
+    OrdinalMAE,
     RankedProbabilityScore,
 )
+from tailsweep.metrics.group import fft_length
 
 POOL = 16
 GROUP_SIZE = 8
@@ -48,7 +57,7 @@ def candidates(c: int, num_groups: int) -> dict[str, tuple[Callable[[bool], Metr
         "RankedProbabilityScore": (lambda v: RankedProbabilityScore(c, validate_args=v), "class"),
         "ExpectedValueMAE": (lambda v: ExpectedValueMAE(c, validate_args=v), "class"),
         "ExpectedValueRMSE": (lambda v: ExpectedValueRMSE(c, validate_args=v), "class"),
-        "ExpectedValueMAE (median)": (lambda v: ExpectedValueMAE(c, decoding="median", validate_args=v), "class"),
+        "ExpectedValueMAE (median)": (lambda v: OrdinalMAE(c, decoding="median", validate_args=v), "class"),
         "AverageMAE": (lambda v: AverageMAE(c, validate_args=v), "class"),
         "MaximumMAE": (lambda v: MaximumMAE(c, validate_args=v), "class"),
         "OffByOneAccuracy": (lambda v: OffByOneAccuracy(c, validate_args=v), "class"),
@@ -104,6 +113,63 @@ def time_metric(build: Callable[[], Metric], kind: str, batches: dict, steps: in
     return best
 
 
+def _dft_table_transform(probs: torch.Tensor, support: int) -> torch.Tensor:
+    """The members' transform as GroupSumRPS computed it before the rfft: a float64 ``[C, S/2+1]`` table."""
+    import math
+
+    c = probs.shape[1]
+    phase = (2.0 * math.pi / support) * torch.outer(torch.arange(c, dtype=torch.float64),
+                                                    torch.arange(support // 2 + 1, dtype=torch.float64))
+    probs = probs.double()
+    real, imag = probs @ phase.cos(), probs @ -phase.sin()
+    return torch.cat([0.5 * (real.square() + imag.square()).clamp_min(1e-300).log(), torch.atan2(imag, real)], 1)
+
+
+def quick(samples: int = 4096, batch: int = 512) -> None:
+    """CPU time of the group-sum distribution metrics against RankedProbabilityScore, C = 30, 300, 1000."""
+    print(f"{samples} samples, batches of {batch}, groups of {GROUP_SIZE}, {torch.get_num_threads()} threads, "
+          f"process CPU time, best of 2\n")
+    print("| C | support S | RPS s | GroupSumRPS s | x RPS | transform: rfft s | transform: DFT table (before) s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for c in (30, 300, 1000):
+        generator = torch.Generator().manual_seed(c)
+        batches = [((torch.randn(batch, c, generator=generator) * 3).softmax(dim=1),
+                    torch.randint(0, c, (batch,), generator=generator)) for _ in range(samples // batch)]
+
+        def run(build: Callable[[], list[Metric]], batches: list = batches) -> float:
+            best = float("inf")
+            for _ in range(2):
+                start = time.process_time()
+                metrics = build()
+                for step, (probs, target) in enumerate(batches):
+                    group_id = torch.arange(batch) // GROUP_SIZE + step * batch
+                    for metric in metrics:
+                        if isinstance(metric, RankedProbabilityScore):
+                            metric.update(probs, target)
+                        else:
+                            metric.update(probs, target, group_id=group_id)
+                for metric in metrics:
+                    metric.compute()
+                best = min(best, time.process_time() - start)
+            return best
+
+        rps = run(lambda c=c: [RankedProbabilityScore(c, validate_args=False)])
+        group = run(lambda c=c: [GroupSumRPS(c, max_group_size=GROUP_SIZE, validate_args=False)])
+        support = GROUP_SIZE * (c - 1) + 1
+        length = fft_length(support)
+        start = time.process_time()
+        for probs, _ in batches:
+            spectrum = torch.fft.rfft(probs.double(), n=length, dim=1)
+            torch.cat([spectrum.abs().clamp_min(1e-300).log(), spectrum.angle()], 1)
+        new = time.process_time() - start
+        start = time.process_time()
+        for probs, _ in batches:
+            _dft_table_transform(probs, support)
+        old = time.process_time() - start
+        print(f"| {c} | {support} | {rps:.3f} | {group:.3f} | {group / rps:.0f} | {new:.3f} | {old:.3f} |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
@@ -113,9 +179,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--only", default=None, help="substring of the metric names to run")
+    parser.add_argument("--quick", action="store_true", help="only the group-sum distribution ratios (C=30/300/1000)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quick:
+        quick()
+        return
     device = torch.device(args.device)
     steps = -(-args.samples // args.batch)
     num_groups = steps * (args.batch // GROUP_SIZE + 1)

@@ -119,6 +119,21 @@ def test_other_tasks_and_corrected_probabilities(tmp_path: Path, task: str, pict
     assert {p.name.split("_epoch")[0] for p in (tmp_path / "plots" / "test").iterdir()} == pictures
 
 
+def test_the_module_class_names_reach_the_pictures_and_the_bins_are_the_logged_ones(tmp_path: Path) -> None:
+    from tailsweep.metrics import CALIBRATION_BINS
+
+    callback = RecordingPlots(stages=["test"])
+    model = TinyModule()
+    model.class_names = ("none", "one", "two", "many")
+    _trainer(tmp_path, callback).test(model, dataloaders=_loader("ordinal"))
+    (_, _, predictions), = callback.drawn
+    assert predictions.class_names == ("none", "one", "two", "many")
+    assert callback.num_bins == CALIBRATION_BINS
+    model.class_names = ("too", "few")  # not one name per output: indices instead
+    _trainer(tmp_path, callback).test(model, dataloaders=_loader("ordinal"))
+    assert callback.drawn[-1][2].class_names is None
+
+
 def test_max_samples_bounds_what_is_kept(tmp_path: Path) -> None:
     callback = RecordingPlots(max_samples=10, dirpath=tmp_path / "elsewhere")
     _trainer(tmp_path, callback).test(TinyModule(), dataloaders=_loader("ordinal", batch_size=8))

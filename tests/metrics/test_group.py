@@ -88,6 +88,31 @@ def test_group_sum_rps_and_nll_match_exact_convolution(max_groups: int | None) -
     torch.testing.assert_close(nll.compute(), torch.tensor(expected["nll"], dtype=torch.float64), rtol=1e-9, atol=0.0)
 
 
+@pytest.mark.parametrize(("c", "size"), [(30, 8), (300, 8), (7, 3)])
+def test_group_sum_distribution_uses_fast_fft_lengths_and_no_class_by_support_table(c: int, size: int) -> None:
+    """The members' transforms are zero-padded rffts (O(S log S)); no C x S DFT table is kept; the padded
+    length holds the whole sum, so a long-tailed group sum is still exact (against the direct convolution)."""
+    from tailsweep.metrics.group import fft_length
+
+    metric = GroupSumNLL(c, max_group_size=size)
+    support = size * (c - 1) + 1
+    assert metric.fft_length == fft_length(support) >= support
+    rest = metric.fft_length
+    for prime in (2, 3, 5):
+        while rest % prime == 0:
+            rest //= prime
+    assert rest == 1  # a length of small primes only
+    assert all(buffer.numel() < c * support for buffer in metric.buffers())
+    generator = torch.Generator().manual_seed(c)
+    probs = (3 * torch.randn(4 * size, c, generator=generator, dtype=torch.float64)).softmax(1)
+    target = torch.randint(0, c, (4 * size,), generator=generator)
+    group_id = torch.arange(4 * size) // size
+    metric.update(probs, target, group_id=group_id)
+    expected = ref.group_sum_scores(probs.numpy(), target.numpy(), group_id.numpy())
+    torch.testing.assert_close(metric.compute(), torch.tensor(expected["nll"], dtype=torch.float64), rtol=1e-8,
+                               atol=0.0)
+
+
 def test_group_sum_rps_of_certain_members_is_the_error_of_the_sum() -> None:
     counts = torch.tensor([3, 20, 0, 29])
     metric = GroupSumRPS(30, max_group_size=4)
@@ -112,7 +137,8 @@ def test_sum_distribution_is_a_distribution_with_the_right_mean(c: int, size: in
     metric.update(probs, labels(size, c, seed), group_id=torch.zeros(size, dtype=torch.long))
     rows = metric.group_rows()
     f = metric._frequencies
-    pmf = group_module.sum_distribution_from_log_cf(rows[:, :f], rows[:, f:2 * f], metric.support)[0]
+    pmf = group_module.sum_distribution_from_log_cf(rows[:, :f], rows[:, f:2 * f], metric.support,
+                                                    metric.fft_length)[0]
     expected = np.array([1.0])
     for row in probs.numpy():
         expected = np.convolve(expected, row)

@@ -152,9 +152,9 @@ def test_a_multilabel_target_gets_num_labels_and_a_factory_works_too() -> None:
 
 
 def test_a_bad_target_names_the_entry() -> None:
-    with pytest.raises(ValueError, match="cannot import the _target_ 'nowhere.Metric'"):
+    with pytest.raises(ValueError, match=r"cannot import the _target_ 'nowhere\.Metric'"):
         build_metric_collection("ordinal", 7, stage="val", names=[{"_target_": "nowhere.Metric"}])
-    with pytest.raises(ValueError, match="built a Linear, not a torchmetrics Metric"):
+    with pytest.raises(ValueError, match=r"built a Linear, not a torchmetrics Metric"):
         build_metric_collection("ordinal", 7, stage="val",
                                 names=[{"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}])
 
@@ -176,4 +176,4 @@ def test_registered_classes_keep_their_validation_for_standalone_use() -> None:
     assert all(not metric.validate_args for metric in collection.values(copy_state=False))
     for name in ("rps", "ev_mae", "group_sum_rps"):
         cls = registered(name, "ordinal").cls
-        assert cls(7, **({"max_group_size": 4} if "group_sum_rps" == name else {})).validate_args
+        assert cls(7, **({"max_group_size": 4} if name == "group_sum_rps" else {})).validate_args

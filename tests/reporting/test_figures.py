@@ -234,6 +234,23 @@ def test_reliability_shows_raw_and_corrected_side_by_side() -> None:
     assert [ax.get_title().split(":")[0] for ax in both.axes] == ["raw", "prior-corrected"]
 
 
+def test_pictures_name_the_classes_and_show_their_support() -> None:
+    probabilities, target = _probabilities(60, 4, 0), torch.tensor([0] * 30 + [1] * 20 + [2] * 10)
+    names = ("none", "one", "two", "many")
+    predictions = Predictions("ordinal", probabilities, target, class_names=names)
+    figures = prediction_figures(predictions)
+    matrix = figures["confusion_matrix"].axes[0]
+    assert [t.get_text() for t in matrix.get_yticklabels()] == ["none (n=30)", "one (n=20)", "two (n=10)",
+                                                                  "many (n=0)"]
+    assert [t.get_text() for t in matrix.get_xticklabels()] == list(names)
+    recall = figures["class_recall"].axes[0]
+    assert [t.get_text() for t in recall.texts] == ["n=30", "n=20", "n=10", "n/a"]
+    reliability = figures["reliability"].axes[0]
+    assert sum(int(t.get_text()) for t in reliability.texts if t.get_text()) == 60  # per-bin counts
+    with pytest.raises(ValueError, match="class_names must name the 4 classes"):
+        Predictions("ordinal", probabilities, target, class_names=names[:3])
+
+
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 12), c=st.integers(2, 5), seed=st.integers(0, 100),
        extreme=st.sampled_from(["onehot", "uniform", "random"]))

@@ -26,8 +26,9 @@ class PredictionPlots(Callback):
 
     Reads what ``validation_step`` / ``test_step`` return: ``{"probabilities": [B, C], "target", "group_id": [B]}``
     and optionally ``"corrected_probabilities"`` (then the reliability diagram shows raw and corrected side by
-    side). Axes name the classes (labels) when the module has ``class_names`` (the training split's names). Each rank keeps at most ``max_samples / world_size`` samples, detached on the CPU (one copy per batch,
-    no other host sync); at epoch end the ranks' samples are gathered (padded all-gather, sizes may differ) and
+    side). Axes name the classes (labels) when the module has ``class_names`` (the training split's names).
+    Each rank keeps at most ``max_samples / world_size`` samples, detached on the CPU (one copy per batch, no
+    other host sync); at epoch end the ranks' samples are gathered (padded all-gather, sizes may differ) and
     rank 0 draws, for the module's ``task``: confusion matrix (row-normalised), true vs predicted label
     histogram, per-class recall, predicted vs true group sums (when groups hold several samples), reliability
     diagram; for multilabel, per-label AP against label frequency, label frequencies and reliability.

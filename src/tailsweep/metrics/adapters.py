@@ -121,10 +121,8 @@ class _DefinedLabelsMacro:
     def compute(self) -> Tensor:
         """Macro average over defined labels, or torchmetrics' value for the other averages."""
         positives, negatives = self.label_counts()
-        if self.thresholds is None:
-            values = self._exact(positives + negatives > 0)
-        else:
-            values = super().compute()  # type: ignore[misc]
+        binned = self.thresholds is not None
+        values = super().compute() if binned else self._exact(positives + negatives > 0)  # type: ignore[misc]
         if not self.macro_over_defined:
             return values
         defined = (positives > 0) & (negatives > 0) if self.needs_negative else positives > 0
@@ -152,8 +150,8 @@ class MultilabelMAP(_DefinedLabelsMacro, _MultilabelTargetMixin, MultilabelAvera
     """``MultilabelAveragePrecision`` (macro mAP, exact, by default) for float targets with -1 unknown; the macro
     mean skips labels without a positive.
 
-    .. math:: \mathrm{AP}_l = \sum_k (R_k - R_{k-1}) P_k, \qquad \mathrm{mAP} = \frac{1}{|D|}\sum_{l \in D}
-        \mathrm{AP}_l
+    .. math:: \\mathrm{AP}_l = \\sum_k (R_k - R_{k-1}) P_k, \\qquad \\mathrm{mAP} = \frac{1}{|D|}\\sum_{l \\in D}
+        \\mathrm{AP}_l
 
     over the distinct scores of label ``l`` (ties counted together, as scikit-learn's ``average_precision_score``)
     and the labels ``D`` with a known positive (Everingham et al., 2010, "The PASCAL visual object classes

@@ -15,7 +15,6 @@ the distributed result equals the single-process one up to float64 rounding of t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -161,10 +160,27 @@ class GroupSumError(_GroupKeyedSums):
         return error.abs().sum() / groups[:, 1].sum()
 
 
-def sum_distribution_from_log_cf(log_abs: Tensor, angle: Tensor, support: int) -> Tensor:
-    """The pmf ``[G, support]`` of a sum from the summed ``log|phi|`` and ``arg(phi)`` of its members' DFTs."""
+def fft_length(support: int) -> int:
+    """The smallest ``n >= support`` whose prime factors are 2, 3 and 5: a zero-padded transform of that length
+    still holds the whole sum (no wrap-around) and avoids the slow paths of prime lengths (e.g. 7993 for C=1000,
+    8 members: 8000 is 1.8x faster)."""
+    n = support
+    while True:
+        rest = n
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return n
+        n += 1
+
+
+def sum_distribution_from_log_cf(log_abs: Tensor, angle: Tensor, support: int, length: int | None = None
+                                 ) -> Tensor:
+    """The pmf ``[G, support]`` of a sum from the summed ``log|phi|`` and ``arg(phi)`` of its members' DFTs of
+    ``length`` points (``support`` by default)."""
     spectrum = torch.polar(log_abs.exp(), angle)
-    pmf = torch.fft.irfft(spectrum, n=support, dim=1).clamp_min(0.0)
+    pmf = torch.fft.irfft(spectrum, n=length or support, dim=1)[:, :support].clamp_min(0.0)
     return pmf / pmf.sum(dim=1, keepdim=True)
 
 
@@ -178,29 +194,29 @@ class _GroupSumDistribution(_GroupKeyedSums):
                  eps: float = 1e-12, **kwargs: Any) -> None:
         check_positive_int(type(self).__name__, "max_group_size", max_group_size)
         support = max_group_size * (num_classes - 1) + 1 if isinstance(num_classes, int) else 1
-        frequencies = support // 2 + 1
+        length = fft_length(support)
+        frequencies = length // 2 + 1
         super().__init__(num_classes, width=2 * frequencies + 2, state_prefix=f"groupdist_{max_group_size}",
                          max_groups=max_groups, **kwargs)
         self.max_group_size = max_group_size
         self.support = support
+        self.fft_length = length
         self.eps = eps
         self._frequencies = frequencies
-        phase = (2.0 * math.pi / support) * torch.outer(
-            torch.arange(num_classes, dtype=STATE_DTYPE), torch.arange(frequencies, dtype=STATE_DTYPE)
-        )
-        self.register_buffer("dft_cos", phase.cos(), persistent=False)
-        self.register_buffer("dft_sin", -phase.sin(), persistent=False)
 
     def update(self, probs: Tensor, target: Tensor, group_id: Tensor | None = None) -> None:
-        """Add the log-DFT of each member's distribution ``probs [B, C]`` and its label ``[B]`` to its group."""
+        """Add the log-DFT of each member's distribution ``probs [B, C]`` and its label ``[B]`` to its group.
+
+        The transform is ``rfft`` of the pmf zero-padded to ``fft_length >= S`` points (``O(B S log S)``, no
+        ``C x S`` table) in the state dtype. float64, not float32: float32 round-off keeps RPS within 3e-7 of
+        the float64 value but moves the NLL of sharp predictions by up to 6e-4 of its value (C=30..1000)."""
         if self.validate_args:
             self._check(probs, target, group_id)
         dtype = self.compute_dtype
-        probs = probs.to(dtype)
-        real, imag = probs @ self.dft_cos, probs @ self.dft_sin
-        log_abs = 0.5 * (real.square() + imag.square()).clamp_min(torch.finfo(dtype).tiny).log()
+        spectrum = torch.fft.rfft(probs.to(dtype), n=self.fft_length, dim=1)
+        log_abs = spectrum.abs().to(dtype).clamp_min(torch.finfo(dtype).tiny).log()
         label = target.to(dtype).unsqueeze(1)
-        rows = torch.cat([log_abs, torch.atan2(imag, real), label, torch.ones_like(label)], dim=1)
+        rows = torch.cat([log_abs, spectrum.angle().to(dtype), label, torch.ones_like(label)], dim=1)
         self._add_rows(group_id, rows)
 
     def _scores(self) -> tuple[Tensor, Tensor]:
@@ -216,7 +232,7 @@ class _GroupSumDistribution(_GroupKeyedSums):
         rps, nll = [], []
         positions = torch.arange(self.support, device=groups.device)
         for chunk in groups.split(COMPUTE_CHUNK_GROUPS) if groups.shape[0] else ():
-            pmf = sum_distribution_from_log_cf(chunk[:, :f], chunk[:, f:2 * f], self.support)
+            pmf = sum_distribution_from_log_cf(chunk[:, :f], chunk[:, f:2 * f], self.support, self.fft_length)
             true_sum = chunk[:, -2].round().long()
             step = (positions >= true_sum.unsqueeze(1)).to(pmf.dtype)
             rps.append((pmf.cumsum(dim=1) - step)[:, :-1].square().sum(dim=1))

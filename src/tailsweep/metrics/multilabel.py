@@ -36,8 +36,8 @@ class MultilabelECE(_LabelMetric):
     r"""Expected calibration error of each label's probability, from binned sums (memory ``[L, n_bins]``).
 
     For label ``l`` with ``N_l`` known targets, confidences are binned as ``b = floor(p * M)`` (``p = 1`` in the
-    last of ``M`` equal-width bins, the bins of ``tailsweep.metrics.calibration``); per bin, ``n_lb`` counts, ``s_lb`` sums the probabilities and ``a_lb`` the
-    positives:
+    last of ``M`` equal-width bins, the bins of ``tailsweep.metrics.calibration``); per bin, ``n_lb`` counts,
+    ``s_lb`` sums the probabilities and ``a_lb`` the positives:
 
     .. math:: \mathrm{ECE}_l = \sum_b \frac{n_{lb}}{N_l}\Big|\frac{s_{lb}}{n_{lb}} - \frac{a_{lb}}{n_{lb}}\Big|
         = \frac{1}{N_l}\sum_b |s_{lb} - a_{lb}|

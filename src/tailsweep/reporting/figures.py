@@ -378,7 +378,7 @@ def reliability_figure(predictions: Predictions, num_bins: int = CALIBRATION_BIN
         how = "mean of per-label ECE" if multilabel else "top class"
         ax.set_title(f"{title}: ECE {ece:.4f} ({how}, {num_bins} bins)\nbar labels: predictions per bin",
                      fontsize=9)
-        ax.legend(loc="upper left", fontsize=7)
+        ax.legend(loc="best", fontsize=7)
     return fig
 
 
