@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from PIL import Image
 from torch import nn
 
 from tailsweep.data.datamodule import TailDataModule
@@ -48,7 +51,7 @@ def test_every_data_config_gives_the_batch_contract(name: str, counting_root: Pa
     assert statistics.task == datamodule.task and statistics.num_classes == datamodule.num_classes
     assert statistics.num_samples == len(datamodule.split("train"))
     dtype, shape = TARGETS[datamodule.task if datamodule.task in TARGETS else "ordinal"]
-    size = datamodule.hparams.image_size
+    size = datamodule.image_size
     for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
         batch = next(iter(loader))
         assert set(batch) == {"image", "target", "group_id", "index"}
@@ -176,3 +179,81 @@ def test_setup_errors_come_before_training(write_manifest, tmp_path: Path) -> No
         TailDataModule(str(path), transform="albumentations")
     with pytest.raises(ValueError, match="normalization must be one of"):
         TailDataModule(str(path), normalization="no_such_model_name")
+
+
+# ------------------------------------------------------------------------------------ values set to auto
+def _images(root: Path, sizes: list[tuple[int, int]]) -> list[str]:
+    (root / "img").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = []
+    for k, (width, height) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)).save(root / "img" / f"{k}.png")
+        names.append(f"img/{k}.png")
+    return names
+
+
+def _manifest(root: Path, sizes: list[tuple[int, int]], labels: list[int]) -> Path:
+    names = _images(root, sizes)
+    splits = ["train" if k % 4 < 2 else "val" if k % 4 == 2 else "test" for k in range(len(names))]
+    path = root / "labels.csv"
+    rows = zip(names, labels, splits, strict=True)
+    path.write_text("path,label,split\n" + "".join(f"{n},{y},{s}\n" for n, y, s in rows))
+    return path
+
+
+def test_native_image_size_is_the_images_own_median_and_capped(tmp_path: Path, caplog) -> None:
+    same = _manifest(tmp_path, [(20, 20)] * 12, [k % 3 for k in range(12)])
+    datamodule = TailDataModule(str(same), image_size="native", batch_size=4)
+    with caplog.at_level(logging.INFO, logger="tailsweep.data.datamodule"):
+        datamodule.setup("fit")
+    assert datamodule.image_size == 20 and next(iter(datamodule.val_dataloader()))["image"].shape[-1] == 20
+    assert "task multiclass (labels are class indices; no loss given), 3 classes (labels 0..2), images 20x20 -> " \
+           "image_size 20" in caplog.text
+    mixed = _manifest(tmp_path, [(12, 12), (30, 20), (16, 16), (40, 40)] * 3, [k % 3 for k in range(12)])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tailsweep.data.datamodule"):
+        TailDataModule(str(mixed), image_size="native", batch_size=4).setup("validate")
+    # training rows 0, 1, 4, 5, 8, 9: sides 12 and 30 -> median 21
+    assert "images of 2 sizes (12x12..30x20, median side 21) -> image_size 21" in caplog.text
+    capped = TailDataModule(str(mixed), image_size="native", batch_size=4, hints={"input_size": 16})
+    capped.setup("validate")
+    assert capped.image_size == 16
+
+
+def test_task_follows_the_loss_and_empty_classes_are_named(tmp_path: Path, caplog) -> None:
+    path = _manifest(tmp_path, [(8, 8)] * 12, [(0, 1, 3)[k % 3] for k in range(12)])
+    datamodule = TailDataModule(str(path), num_classes="auto", batch_size=4, class_names=["a", "b", "c", "d"],
+                                hints={"loss_tasks": ["ordinal"], "loss": "corn"})
+    with caplog.at_level(logging.INFO, logger="tailsweep.data.datamodule"):
+        datamodule.setup("fit")
+    assert datamodule.task == "ordinal" and datamodule.num_classes == 4
+    assert "task ordinal (from loss corn), 4 classes (a, b, c, d)" in caplog.text
+    assert "1 class(es) without a sample in the training split: 2 (c)" in caplog.text
+
+
+def test_auto_workers_and_pin_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _manifest(tmp_path, [(8, 8)] * 12, [k % 2 for k in range(12)])
+    for cores, cache, workers in [(1, False, 0), (2, False, 1), (16, False, 8), (4, True, 0)]:
+        monkeypatch.setattr("tailsweep.data.datamodule.available_cores", lambda cores=cores: cores)
+        assert TailDataModule(str(path), num_workers="auto", cache_images=cache).num_workers == workers
+    datamodule = TailDataModule(str(path), pin_memory="auto", batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # DataLoader warns when pin_memory=True finds no accelerator
+        next(iter(datamodule.val_dataloader()))
+    assert datamodule._pin_memory() == torch.cuda.is_available()
+
+
+def test_root_is_an_image_folder_and_one_source_is_required(tmp_path: Path) -> None:
+    for k, name in enumerate(("b", "a")):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (10, 10), (40 * k, 0, 0)).save(tmp_path / "tree" / name / f"{i}.png")
+    datamodule = TailDataModule(root=str(tmp_path / "tree"), image_size="native", batch_size=2)
+    datamodule.setup("fit")
+    assert datamodule.class_names == ("a", "b") and datamodule.image_size == 10
+    with pytest.raises(ValueError, match=r"give one of data\.manifest .* and data\.root"):
+        TailDataModule(manifest="x.csv", root=str(tmp_path / "tree"))
+    with pytest.raises(ManifestError, match=r"image folder .*nowhere does not exist: point data.root"):
+        TailDataModule(root=str(tmp_path / "nowhere")).setup("fit")
+    with pytest.raises(ManifestError, match=r"data.reader has unknown option\(s\) \['label_colum'\]"):
+        TailDataModule(root=str(tmp_path / "tree"), reader={"label_colum": "y"})

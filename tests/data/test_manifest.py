@@ -280,8 +280,10 @@ def test_auto_task_of_columns_and_label_lists(write_manifest) -> None:
     assert read_manifest(hot, label_columns=["a", "b"]).task == "multilabel"  # 1/0/empty: multi-hot
     lists = write_manifest(("path", "label"), [(f"img/{k}.png", "x|y" if k % 2 else "y") for k in range(12)],
                            "lists.csv")
-    manifest = read_manifest(lists, class_names=["x", "y"])
+    manifest = read_manifest(lists, class_names=["x", "y"], loss_tasks=MULTILABEL_ONLY)
     assert manifest.task == "multilabel" and manifest.targets[1].tolist() == [1, 1]
+    with pytest.raises(ManifestError, match=r"row 3: label must be a known label name .*got 'x\|y'"):
+        read_manifest(lists, class_names=["x", "y"])  # a class column (no multi-label loss): lists are errors
     single = write_manifest(("path", "label"), [(f"img/{k}.png", "y") for k in range(12)], "single.csv")
     assert read_manifest(single, class_names=["x", "y"], loss_tasks=MULTILABEL_ONLY).task == "multilabel"
 

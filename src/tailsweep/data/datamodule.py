@@ -106,13 +106,13 @@ class TailDataModule(L.LightningDataModule):
     names, split fractions, checks).
 
     What the data can tell is inferred when set to ``auto`` and said in one line at setup: ``task`` (soft for
-    probability columns, multilabel for a multi-hot block or label lists, else the hard-label task of the loss in
-    ``hints``: ordinal for an ordinal loss, multiclass otherwise), ``num_classes`` (class names, folders, label
-    columns, or the largest label + 1; a class without a training sample is named in a warning), ``image_size``
-    (``native``: the images' own side, the median when they differ, capped at the backbone's input size),
-    ``num_workers`` (no more than the cores; 0 on one core or for the decoded cache) and ``pin_memory`` (only when
-    the loaders feed a GPU). ``hints`` (a ``DataHints`` mapping) carries the loss's tasks and the backbone from
-    the rest of the config.
+    probability columns, multilabel for a multi-hot block or for label lists with a multi-label loss, else the
+    hard-label task of the loss in ``hints``: ordinal for an ordinal loss, multiclass otherwise), ``num_classes``
+    (class names, folders, label columns, or the largest label + 1; a class without a training sample is named in
+    a warning), ``image_size`` (``native``: the images' own side, the median when they differ, capped at the
+    backbone's input size), ``num_workers`` (no more than the cores; 0 on one core or for the decoded cache) and
+    ``pin_memory`` (only when the loaders feed a GPU). ``hints`` (a ``DataHints`` mapping) carries the loss's
+    tasks and the backbone from the rest of the config.
 
     Images: ``normalization`` (``auto``: the backbone's, ``imagenet``, a timm model name, or ``{mean, std}``),
     ``transform`` (``tensor``: flips + normalisation per batch; ``timm``: timm's ``create_transform`` with

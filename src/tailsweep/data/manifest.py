@@ -154,9 +154,10 @@ def infer_task(table: _Table, reader: ReaderOptions, loss_tasks: Collection[str]
     """``data.task=auto``: what the manifest's columns hold.
 
     A block of columns (``label_columns``) is ``soft`` or ``multilabel``: the one the loss supports when it supports
-    one of them, else ``soft`` when a cell is a fraction, ``multilabel`` when every cell is 1/0/-1/empty. A label
-    column is ``multilabel`` when a cell lists several labels (holds the delimiter) or the loss is multi-label
-    only; otherwise the hard-label task of the loss (``hard_label_task``).
+    one of them, else ``soft`` when a cell is a fraction, ``multilabel`` when every cell is 1/0/-1/empty. One label
+    column holds lists of label names (``multilabel``) for a multi-label loss, else one class per row: the
+    hard-label task of the loss (``hard_label_task``). A stray delimiter in a class column is then an error naming
+    its row, not a silent switch to label lists.
     """
     tasks = set(loss_tasks or ())
     if reader.label_columns is not None:
@@ -169,10 +170,6 @@ def infer_task(table: _Table, reader: ReaderOptions, loss_tasks: Collection[str]
         return "multilabel"
     if tasks and tasks <= {"multilabel"}:
         return "multilabel"
-    if reader.label_column is not None and reader.label_column in table.header:
-        cells = np.unique(table.column(reader.label_column, "the label column (data.reader.label_column)"))
-        if any(reader.label_delimiter in str(cell) for cell in cells):
-            return "multilabel"
     return hard_label_task(loss_tasks)
 
 
