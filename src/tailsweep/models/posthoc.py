@@ -11,11 +11,15 @@ exactly temperature scaling of the logits (a constant per row cancels); for the 
 the same one-parameter family applied to the class distribution that every metric sees. ``T`` is one number, or
 one per label for sigmoid heads (``per_label``). It is fitted by minimising the negative log-likelihood of the
 validation labels (soft targets: the cross-entropy; multi-label: the BCE over known labels) over ``log T`` with
-L-BFGS in float64; the argmax never changes, so accuracy and recall are unaffected.
+L-BFGS in float64; the argmax never changes, so accuracy and recall are unaffected. The NLL is convex in ``1/T``,
+so clamping the fit to ``TEMPERATURE_RANGE`` gives the constrained optimum; the fit reaches the upper end when
+logits carry no information about the validation labels (or point the wrong way), e.g. a rare label after a short
+run, and a warning names those labels.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -30,6 +34,9 @@ CALIBRATION_FILE = "calibration.json"
 #: Bins of the expected calibration error reported before and after (the metric collections use 15 as well).
 ECE_BINS = 15
 _TINY = 1e-300
+#: Temperatures the fit may return: beyond 100 every probability is within 1% of uniform (of 0.5 for a label).
+TEMPERATURE_RANGE = (1e-2, 1e2)
+log = logging.getLogger(__name__)
 
 
 def _log_odds(probabilities: Tensor, task: str) -> Tensor:
@@ -131,9 +138,15 @@ def fit_temperature(probabilities: Tensor, target: Tensor, task: str, *, per_lab
         return loss
 
     optimizer.step(closure)
-    temperature = log_t.detach().exp()
-    if not bool(torch.isfinite(temperature).all()):
-        raise FloatingPointError(f"fit_temperature: the fit diverged (temperature {temperature})")
+    fitted = log_t.detach().exp()
+    if bool(torch.isnan(fitted).any()):
+        raise FloatingPointError(f"fit_temperature: the fit diverged (temperature {fitted})")
+    temperature = fitted.clamp(*TEMPERATURE_RANGE)
+    if not torch.equal(temperature, fitted):
+        where = (fitted != temperature).nonzero().flatten().tolist() if fitted.ndim else "all"
+        log.warning("fit_temperature: the validation NLL keeps falling past T in %s (label/s %s: their outputs "
+                    "carry no information about the validation labels); clamped to %s", TEMPERATURE_RANGE, where,
+                    temperature.tolist())
     return temperature
 
 
