@@ -28,7 +28,6 @@ images. Written to the predict run's own directory (``logs/predict/runs/<time>/`
 from __future__ import annotations
 
 import csv
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,7 +67,6 @@ from tailsweep.utils.paths import config_dir, register_resolvers
 from tailsweep.utils.runtime import output_dir, run_task, write_json
 
 register_resolvers()
-log = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions"
 GROUPS_FILE = "groups"
 SKIPPED_FILE = "skipped.csv"
@@ -239,6 +237,22 @@ def _sample_transform(datamodule: Any):  # the training run's evaluation transfo
                                   std=datamodule.std, timm_kwargs=hp.get("timm_kwargs"))
 
 
+def run_batches(model: Any, loader: DataLoader, device: torch.device, num_classes: int,
+                progress: bool) -> tuple[list[int], Tensor, list[tuple[int, str]]]:
+    """Reported probabilities of every readable image: (their input indices, probabilities ``[N, C]`` in that
+    order, ``(index, error)`` of the images skipped)."""
+    kept, parts, skipped = [], [], []
+    batches = track(loader, description=f"predicting on {device}", total=len(loader), disable=not progress,
+                    transient=True)
+    for batch, reported in iter_reported(model, batches, device):
+        good = torch.tensor([error is None for error in batch["error"]], dtype=torch.bool)
+        skipped += [(i, e) for i, e in zip(batch["index"].tolist(), batch["error"], strict=True) if e is not None]
+        kept.append(batch["index"][good])
+        parts.append(reported[good])
+    rows = torch.cat(kept).tolist() if kept else []
+    return rows, torch.cat(parts) if parts else torch.zeros(0, num_classes), skipped
+
+
 def predict(cfg: DictConfig) -> dict[str, float]:
     """Predict on the images of ``cfg.data`` with ``cfg.ckpt_path``; writes the files listed in the module
     docstring and returns counts (``images``, ``skipped``, ``groups``)."""
@@ -265,19 +279,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
                         num_workers=int(options.num_workers),
                         collate_fn=UnlabelledCollate(BatchTransform(datamodule.mean, datamodule.std)))
     device = inference_device(options.device)
-    kept, parts, skipped = [], [], []
-    batches = track(loader, description=f"predicting on {device}", total=len(loader),
-                    disable=not options.get("progress", True), transient=True)
-    for batch, reported in iter_reported(model, batches, device):
-        good = torch.tensor([error is None for error in batch["error"]], dtype=torch.bool)
-        for index, error in zip(batch["index"].tolist(), batch["error"], strict=True):
-            if error is not None:
-                skipped.append((inputs.paths[index], error))
-        kept.append(batch["index"][good])
-        parts.append(reported[good])
-    index = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
-    probs = torch.cat(parts) if parts else torch.zeros(0, model.num_classes)
-    rows = index.tolist()
+    rows, probs, skipped = run_batches(model, loader, device, model.num_classes, bool(options.get("progress", True)))
 
     run_dir = output_dir()
     names = _class_names(datamodule, model.num_classes)
@@ -293,8 +295,8 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     group_method, group_count = "none", 0
     if inputs.group_ids is not None and model.task in ORDERED_TASKS and rows:
         skipped_per_group: dict[str, int] = {}
-        for path, _ in skipped:
-            group = inputs.group_ids[inputs.paths.index(path)]
+        for index, _ in skipped:
+            group = inputs.group_ids[index]
             skipped_per_group[group] = skipped_per_group.get(group, 0) + 1
         group_names = [g if g else f"_row{i}" for g, i in zip(columns["group_id"], rows, strict=True)]
         labels = columns.get("label")
@@ -306,17 +308,17 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         with (run_dir / SKIPPED_FILE).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "error"])
-            writer.writerows(skipped)
+            writer.writerows((inputs.paths[index], error) for index, error in skipped)
         written.append(run_dir / SKIPPED_FILE)
     summary = {
         "checkpoint": str(checkpoint.resolve()), "source": str(inputs.source), "task": model.task, "images": len(rows),
-        "skipped": [path for path, _ in skipped], "groups": group_count, "levels": list(levels),
+        "skipped": [inputs.paths[index] for index, _ in skipped], "groups": group_count, "levels": list(levels),
         "temperature": None if found.temperature is None else found.temperature.tolist(),
         "image_intervals": image_method, "group_intervals": group_method, "device": str(device),
         "files": [p.name for p in written],
     }
     write_json(run_dir / SUMMARY_FILE, summary)
-    _report(summary, run_dir, skipped)
+    _report(summary, run_dir, [(inputs.paths[index], error) for index, error in skipped])
     return {"images": float(len(rows)), "skipped": float(len(skipped)), "groups": float(group_count)}
 
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tailsweep.models.posthoc import (
+    TEMPERATURE_RANGE,
     TemperatureScaling,
     calibration_nll,
     fit_posthoc,
@@ -98,3 +99,15 @@ def test_scaled_rows_are_distributions_for_any_temperature(c: int, temperature: 
     scaled = TemperatureScaling("multiclass", torch.tensor(temperature))(probs)
     assert scaled.dtype == probs.dtype and torch.isfinite(scaled).all()
     torch.testing.assert_close(scaled.sum(1), torch.ones(16), rtol=0, atol=1e-5)
+
+
+def test_uninformative_logits_clamp_the_temperature_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Labels independent of (or opposite to) the logits: the NLL falls towards T -> inf; the fit stops at 100."""
+    generator = torch.Generator().manual_seed(4)
+    logits = 3.0 * torch.randn(2000, 2, generator=generator, dtype=torch.float64)
+    labels = torch.stack([torch.bernoulli(torch.sigmoid(-logits[:, 0]), generator=generator),
+                          torch.bernoulli(torch.sigmoid(logits[:, 1]), generator=generator)], dim=1)
+    with caplog.at_level("WARNING"):
+        fitted = fit_temperature(torch.sigmoid(logits), labels, "multilabel", per_label=True)
+    assert fitted[0] == TEMPERATURE_RANGE[1] and 0.5 < fitted[1] < 2.0
+    assert "label/s [0]" in caplog.text

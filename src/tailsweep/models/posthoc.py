@@ -11,11 +11,15 @@ exactly temperature scaling of the logits (a constant per row cancels); for the 
 the same one-parameter family applied to the class distribution that every metric sees. ``T`` is one number, or
 one per label for sigmoid heads (``per_label``). It is fitted by minimising the negative log-likelihood of the
 validation labels (soft targets: the cross-entropy; multi-label: the BCE over known labels) over ``log T`` with
-L-BFGS in float64; the argmax never changes, so accuracy and recall are unaffected.
+L-BFGS in float64; the argmax never changes, so accuracy and recall are unaffected. The NLL is convex in ``1/T``,
+so clamping the fit to ``TEMPERATURE_RANGE`` gives the constrained optimum; the fit reaches the upper end when
+logits carry no information about the validation labels (or point the wrong way), e.g. a rare label after a short
+run, and a warning names those labels.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -29,16 +33,19 @@ CALIBRATION_METHODS = ("none", "temperature")
 CALIBRATION_FILE = "calibration.json"
 #: Bins of the expected calibration error reported before and after (the metric collections use 15 as well).
 ECE_BINS = 15
-_TINY = 1e-300
+#: Temperatures the fit may return: beyond 100 every probability is within 1% of uniform (of 0.5 for a label).
+TEMPERATURE_RANGE = (1e-2, 1e2)
+log = logging.getLogger(__name__)
 
 
-def _log_odds(probabilities: Tensor, task: str) -> Tensor:
-    """float64 log-probabilities (class tasks) or logits (multi-label) of probabilities in [0, 1]."""
-    p = probabilities.to(torch.float64)
+def _log_odds(probabilities: Tensor, task: str, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Log-probabilities (class tasks) or logits (multi-label) of probabilities in [0, 1], in ``dtype``."""
+    p = probabilities.to(dtype)
     if task in MULTILABEL_TASKS:
-        p = p.clamp(1e-15, 1.0 - 1e-15)
+        eps = 1e-15 if dtype == torch.float64 else 1e-7
+        p = p.clamp(eps, 1.0 - eps)
         return p.log() - torch.log1p(-p)
-    return p.clamp_min(_TINY).log()
+    return p.clamp_min(torch.finfo(dtype).tiny).log()
 
 
 def _tempered(log_odds: Tensor, temperature: Tensor, task: str) -> Tensor:
@@ -53,8 +60,9 @@ class TemperatureScaling(nn.Module):
         task: the task (``multilabel`` scales per-label logits, the others class log-probabilities).
         temperature: ``[]`` or ``[L]`` (multi-label, per label); ``None`` = identity.
 
-    The temperature is a non-persistent buffer: it is stored with the run (``calibration.json``), never in the
-    checkpoint's state dict, so checkpoints written before or without calibration load unchanged.
+    The temperature is a non-persistent float32 buffer (it moves to any device, MPS included): it is stored with
+    the run (``calibration.json``), never in the checkpoint's state dict, so checkpoints written before or without
+    calibration load unchanged. Scaling runs in float64 except on MPS (no float64 there).
     """
 
     def __init__(self, task: str, temperature: Tensor | None = None) -> None:
@@ -75,14 +83,15 @@ class TemperatureScaling(nn.Module):
             if not bool(torch.isfinite(temperature).all()) or bool((temperature <= 0).any()):
                 raise ValueError(f"TemperatureScaling: temperatures must be finite and > 0, got {temperature}")
             device = self.temperature.device if self.temperature is not None else torch.device("cpu")
-            temperature = temperature.to(device)
+            temperature = temperature.to(device, torch.float32)
         self.temperature = temperature
 
     def forward(self, probabilities: Tensor) -> Tensor:
         if self.temperature is None:
             return probabilities
-        temperature = self.temperature.to(probabilities.device)
-        scaled = _tempered(_log_odds(probabilities, self.task), temperature, self.task)
+        dtype = torch.float32 if probabilities.device.type == "mps" else torch.float64
+        temperature = self.temperature.to(probabilities.device, dtype)
+        scaled = _tempered(_log_odds(probabilities, self.task, dtype), temperature, self.task)
         return scaled.to(probabilities.dtype)
 
 
@@ -131,9 +140,15 @@ def fit_temperature(probabilities: Tensor, target: Tensor, task: str, *, per_lab
         return loss
 
     optimizer.step(closure)
-    temperature = log_t.detach().exp()
-    if not bool(torch.isfinite(temperature).all()):
-        raise FloatingPointError(f"fit_temperature: the fit diverged (temperature {temperature})")
+    fitted = log_t.detach().exp()
+    if bool(torch.isnan(fitted).any()):
+        raise FloatingPointError(f"fit_temperature: the fit diverged (temperature {fitted})")
+    temperature = fitted.clamp(*TEMPERATURE_RANGE)
+    if not torch.equal(temperature, fitted):
+        where = (fitted != temperature).nonzero().flatten().tolist() if fitted.ndim else "all"
+        log.warning("fit_temperature: the validation NLL keeps falling past T in %s (label/s %s: their outputs "
+                    "carry no information about the validation labels); clamped to %s", TEMPERATURE_RANGE, where,
+                    temperature.tolist())
     return temperature
 
 
