@@ -13,18 +13,27 @@ from omegaconf import DictConfig
 
 from tailsweep.models.build import build_model
 from tailsweep.utils.checkpointing import resolve_checkpoint
+from tailsweep.utils.console import (
+    apply_extras,
+    check_monitor_support,
+    describe_parts,
+    parameter_counts,
+    print_final_summary,
+    training_outcome,
+)
 from tailsweep.utils.distributed import (
     distributed_job_scope,
     launch_ranks_as_single_jobs,
     validate_trainer_config,
 )
 from tailsweep.utils.paths import config_dir, register_resolvers
+from tailsweep.utils.wandb import record_outcome
 from tailsweep.utils.runtime import (
     METRICS_FILE,
     instantiate_list,
+    is_multirun,
     metric_value,
     output_dir,
-    print_metrics_table,
     resolved_config,
     run_task,
     to_float_dict,
@@ -50,33 +59,38 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    apply_extras(cfg, multirun=is_multirun())
+    describe_parts(cfg, output_dir())
     validate_trainer_config(cfg.trainer)
     checkpoint = resolve_checkpoint(cfg.get("ckpt_path"), f"{cfg.paths.log_dir}/{cfg.task_name}/runs")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the whole manifest and computes statistics before anything heavy
     model = build_model(cfg, datamodule)
     check_monitor(cfg.get("monitor"), model)
+    check_monitor_support(cfg.get("monitor"), datamodule)
 
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
-        logger.log_hyperparams(resolved_config(cfg))
+        logger.log_hyperparams(resolved_config(cfg) | parameter_counts(model))
 
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=False)
     metrics = to_float_dict(trainer.callback_metrics)
+    outcome = training_outcome(trainer)
 
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        best = outcome["best_checkpoint"]
+        # verbose=False: the one final table is print_final_summary's
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
         metrics.update(to_float_dict(trainer.callback_metrics))
-    else:
-        best = ""
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    write_json(output_dir() / METRICS_FILE, {"status": "completed", "metrics": numbers, "best_checkpoint": best})
-    print_metrics_table({k: v for k, v in numbers.items() if k.startswith(("val/", "test/"))}, "final metrics")
+    record_outcome(loggers, outcome)
+    write_json(output_dir() / METRICS_FILE, {"status": "completed", "metrics": numbers, "task": model.task,
+                                             **outcome})
+    print_final_summary(numbers, outcome, model.task, output_dir())
     return numbers
 
 
