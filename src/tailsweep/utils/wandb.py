@@ -177,8 +177,9 @@ def record_outcome(loggers: Iterable[Any], outcome: Mapping[str, Any]) -> None:
 
 
 class PredictionsTable(Callback):
-    """A ``test/predictions`` W&B table: per test sample its index, target, prediction, expected value, group and,
-    for the first ``max_images``, a thumbnail of its image (de-normalised with the datamodule's ``mean``/``std``).
+    """A ``test/predictions`` W&B table: per test sample its index, target, prediction, expected value and group;
+    the same rows with, for the first ``max_images``, a thumbnail of the image (de-normalised with the datamodule's
+    ``mean``/``std``) in a ``predictions`` artifact (``predictions-<run id>``, table ``test_predictions``).
 
     ``prediction`` is the most probable class (multi-label: the labels with probability >= 0.5), ``expected value``
     ``sum_c c p_c`` (multi-label: the expected number of positive labels); soft targets show their top class.
@@ -243,9 +244,17 @@ class PredictionsTable(Callback):
             return
         import wandb
 
-        columns = ["index", "target", "prediction", "expected value", "group", "image"]
-        data = [[*row, wandb.Image(self._images[i].permute(1, 2, 0).numpy()) if i < len(self._images) else None]
-                for i, row in enumerate(self._rows)]
+        columns = ["index", "target", "prediction", "expected value", "group"]
+        images = [wandb.Image(self._images[i].permute(1, 2, 0).numpy()) if i < len(self._images) else None
+                  for i in range(len(self._rows))]
         for logger in loggers:
-            logger.experiment.log({"test/predictions": wandb.Table(columns=columns, data=data)})
+            run = logger.experiment
+            # a run-level table cannot hold media (wandb stores them as the string "Image"): the thumbnails go
+            # with the same rows into an artifact table, where they are kept as image files
+            run.log({"test/predictions": wandb.Table(columns=columns, data=self._rows)})
+            artifact = wandb.Artifact(f"predictions-{run.id}", type="predictions")
+            artifact.add(wandb.Table(columns=[*columns, "image"],
+                                     data=[[*row, image] for row, image in zip(self._rows, images, strict=True)]),
+                         "test_predictions")
+            run.log_artifact(artifact)
         self._rows, self._images = [], []
