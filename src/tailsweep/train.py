@@ -18,6 +18,14 @@ from tailsweep.models.build import build_model
 from tailsweep.models.inference import calibrate_on_validation
 from tailsweep.monitor import resolve_monitor
 from tailsweep.utils.checkpointing import check_checkpoint_fits
+from tailsweep.utils.console import (
+    apply_extras,
+    check_monitor_support,
+    describe_parts,
+    parameter_counts,
+    print_final_summary,
+    training_outcome,
+)
 from tailsweep.utils.distributed import (
     distributed_job_scope,
     launch_ranks_as_single_jobs,
@@ -29,14 +37,15 @@ from tailsweep.utils.runtime import (
     METRICS_FILE,
     check_optimizer_numbers,
     instantiate_list,
+    is_multirun,
     metric_value,
     output_dir,
-    print_metrics_table,
     resolved_config,
     run_task,
     to_float_dict,
     write_json,
 )
+from tailsweep.utils.wandb import record_outcome
 
 register_resolvers()
 launch_ranks_as_single_jobs()
@@ -54,14 +63,15 @@ def check_monitor(monitor: str | None, model: L.LightningModule) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test; returns the final metrics (also written to ``metrics.json`` in the run directory)."""
-    # --- resume (utils/resume.py): a re-run sweep's finished job is skipped, an interrupted one continues
+    # a re-run sweep's finished job is skipped (utils/resume.py); an interrupted one continues below
     done = completed_job_metrics(cfg)
     if done is not None:
         return done
-    # ---
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    apply_extras(cfg, multirun=is_multirun())
+    describe_parts(cfg, output_dir())
     validate_trainer_config(cfg.trainer)
     check_optimizer_numbers(cfg.model.get("optimizer"))
     checkpoint = job_checkpoint(cfg)
@@ -72,30 +82,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if checkpoint is not None:  # resume: a head that does not fit is named with the loss behind it
         check_checkpoint_fits(model, checkpoint, cfg.loss.get("_target_"), datamodule.statistics.num_classes)
     check_monitor(cfg.get("monitor"), model)
+    check_monitor_support(cfg.get("monitor"), datamodule)
 
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     begin_attempt(output_dir(), checkpoint, loggers)  # resume: earlier attempts' files set aside, never lost
     for logger in loggers:
-        logger.log_hyperparams(resolved_config(cfg))
+        logger.log_hyperparams(resolved_config(cfg) | parameter_counts(model))
 
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=False)
     metrics = to_float_dict(trainer.callback_metrics)
+    outcome = training_outcome(trainer)
 
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = outcome["best_checkpoint"]
         # post-hoc calibration and conformal scores fitted on val with the best weights, used by the test below
         metrics.update(calibrate_on_validation(cfg.get("calibration"), trainer, model, datamodule, best or None))
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        # verbose=False: the one final table is print_final_summary's
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
         metrics.update(to_float_dict(trainer.callback_metrics))
-    else:
-        best = ""
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    write_json(output_dir() / METRICS_FILE, {"status": "completed", "metrics": numbers, "best_checkpoint": best})
-    print_metrics_table({k: v for k, v in numbers.items() if k.startswith(("val/", "test/"))}, "final metrics")
+    record_outcome(loggers, outcome)
+    write_json(output_dir() / METRICS_FILE, {"status": "completed", "metrics": numbers, "task": model.task,
+                                             **outcome})
+    print_final_summary(numbers, outcome, model.task, output_dir())
     return numbers
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -61,7 +62,8 @@ def _flat(items: Any) -> dict[str, Any]:
 def read_offline_run(run_dir: Path) -> dict[str, Any]:
     """The run metadata, config, history rows, summary, files and exit code of one offline run directory."""
     (path,) = run_dir.glob("*.wandb")
-    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "files": [], "exit_code": None}
+    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "files": [], "exit_code": None,
+                           "artifacts": []}
     for record in _records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -76,6 +78,8 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
             run["files"].extend(f.path for f in record.files.files)
         elif kind == "exit":
             run["exit_code"] = record.exit.exit_code
+        elif kind == "artifact":
+            run["artifacts"].append(record.artifact)
     return run
 
 
@@ -135,6 +139,9 @@ def test_run_name_is_the_overrides_without_locations() -> None:
     overrides = ["experiment=counting", "loss=rps", "paths.data_dir=/d", "+hydra.x=1", "seed=2"]
     assert run_name(overrides, "train") == "experiment=counting loss=rps seed=2"
     assert run_name(["paths.log_dir=/l"], "train") == "train"
+    # in a sweep: only what varies between its jobs
+    assert run_name(overrides, "train", varying={"loss", "seed"}) == "loss=rps seed=2"
+    assert run_name(overrides, "train", varying=set()) == "experiment=counting loss=rps seed=2"
 
 
 # ------------------------------------------------------------------------------------------- finishing runs
@@ -195,7 +202,8 @@ def test_two_job_multirun_gives_two_finished_offline_runs(counting_root: Path, t
     # the child imports this checkout's tailsweep (a relative PYTHONPATH would not survive cwd=tmp_path)
     source = str(Path(tailsweep.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([source, *filter(None, [env.get("PYTHONPATH")])])
-    args = ["-m", "logger=wandb", "loss=ce", "loss.label_smoothing=0.0,0.1", "debug=limit_batches",
+    args = ["-m", "logger=wandb", "logger.wandb.log_model=true", "loss=ce", "loss.label_smoothing=0.0,0.1",
+            "debug=limit_batches",
             "trainer.max_epochs=1",
             f"paths.data_dir={counting_root.parent}", f"paths.log_dir={tmp_path / 'logs'}", "data.image_size=24",
             "data.batch_size=32", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
@@ -212,12 +220,31 @@ def test_two_job_multirun_gives_two_finished_offline_runs(counting_root: Path, t
         runs.append(run)
         metrics = json.loads((job / METRICS_FILE).read_text())["metrics"]
         meta = run["run"]
-        assert f"loss.label_smoothing={smoothing}" in meta.display_name and "paths." not in meta.display_name
+        # named by what varies within the sweep only
+        assert meta.display_name == f"loss.label_smoothing={smoothing}"
         assert (meta.project, meta.run_group, meta.job_type) == ("tailsweep", f"debug-{sweep.name}", "debug")
         assert list(meta.tags) == ["debug"]
         # the resolved Hydra config
         assert run["config"]["loss"]["label_smoothing"] == float(smoothing)
         assert run["config"]["data"]["image_size"] == 24 and run["config"]["model"]["backbone"] == "tiny_cnn"
+        outcome = json.loads((job / METRICS_FILE).read_text())
+        assert run["config"]["model/params/total"] == run["config"]["model/params/trainable"] > 1000
+        # the best of the monitor, not its last value; the epoch of the checkpoint tested
+        assert run["summary"]["val/group_sum_mae_best"] == pytest.approx(outcome["monitor_best"])
+        assert run["summary"]["best_epoch"] == outcome["best_epoch"] == 0
+        assert run["summary"]["stopped_early"] is False
+        # the predictions table: in the history, and with thumbnails in a predictions artifact
+        (table_row,) = [row for row in run["history"] if "test/predictions._type" in row]
+        assert table_row["test/predictions._type"] == "table-file"
+        table = json.loads(next((run_dir / "files").rglob("test/predictions_*.table.json")).read_text())
+        assert table["columns"] == ["index", "target", "prediction", "expected value", "group"]
+        assert len(table["data"]) == pq.read_metadata(job / "predictions.parquet").num_rows > 0
+        (predictions,) = [a for a in run["artifacts"] if a.type == "predictions"]
+        stored = [entry.path for entry in predictions.manifest.contents]
+        assert "test_predictions.table.json" in stored
+        assert sum(p.startswith("media/images/") for p in stored) == min(32, len(table["data"]))
+        # log_model=true: the checkpoints as model artifacts
+        assert any(artifact.type == "model" for artifact in run["artifacts"])
         # the metrics, as in metrics.json
         assert run["summary"]["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
         assert any("val/argmax_mae" in row for row in run["history"])
