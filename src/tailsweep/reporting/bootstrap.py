@@ -38,7 +38,6 @@ from torch import Tensor
 
 from tailsweep.callbacks.predictions import read_predictions
 from tailsweep.metrics import (
-    REGISTRY,
     brier_score,
     build_metric,
     negative_log_likelihood,
@@ -46,7 +45,7 @@ from tailsweep.metrics import (
     ranked_probability_score,
 )
 from tailsweep.metrics.base import target_values
-from tailsweep.metrics.collections import GROUP_METRICS, MetricOptions
+from tailsweep.metrics.registry import MetricOptions, registered
 from tailsweep.tasks import HARD_LABEL_TASKS
 
 DEFAULT_RESAMPLES = 1000
@@ -220,7 +219,7 @@ def _by_class(metric: Any, p: Predictions, units: Units, grouped: bool, resample
 def available(name: str, task: str) -> bool:
     """Whether ``name`` (``test/rps`` or ``rps``) can be recomputed from predictions of ``task``."""
     short = short_name(name)
-    return short in REGISTRY and task in REGISTRY[short][0] and short != "confusion_matrix"
+    return registered(short, task) is not None and short != "confusion_matrix"
 
 
 def resample_metrics(predictions: Predictions, names: Sequence[str], *, resamples: int = DEFAULT_RESAMPLES,
@@ -240,7 +239,7 @@ def resample_metrics(predictions: Predictions, names: Sequence[str], *, resample
         short = short_name(name)
         metric = build_metric(short, p.task, p.num_classes, options)
         metric.set_dtype(torch.float64)
-        grouped = short in GROUP_METRICS
+        grouped = registered(short, p.task).needs_group
         units = p.units(grouped)
         group_id = torch.from_numpy(units.member_of) if grouped else p.group_id
         value = _update(metric, p.probabilities, p.target, group_id)

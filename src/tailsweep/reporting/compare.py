@@ -37,7 +37,6 @@ import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -198,17 +197,14 @@ def read_jobs(sweep_dirs: Path | str | Sequence[Path | str]) -> list[Job]:
     return jobs
 
 
-@lru_cache(maxsize=None)
-def _registry_direction(short: str, task: str | None) -> str | None:
-    """``higher_is_better`` of the metric class the registry builds for ``short`` (None outside the registry)."""
-    from tailsweep.metrics import REGISTRY, build_metric
-    from tailsweep.metrics.collections import MetricOptions
+def _registry_direction(short: str) -> str | None:
+    """``higher_is_better`` of the registered metric ``short`` as a mode (None outside the registry)."""
+    from tailsweep.metrics.registry import metric_direction as registered_direction
 
-    if short not in REGISTRY:
+    try:
+        better = registered_direction(short)
+    except KeyError:
         return None
-    tasks = REGISTRY[short][0]
-    chosen = task if task in tasks else sorted(tasks)[0]
-    better = getattr(build_metric(short, chosen, 4, MetricOptions(max_group_size=2)), "higher_is_better", None)
     return None if better is None else "max" if better else "min"
 
 
@@ -218,7 +214,7 @@ def metric_direction(name: str, task: str | None = None) -> str | None:
     from tailsweep.reporting.bootstrap import short_name
 
     short = short_name(name)
-    direction = _registry_direction(short, task) if re.fullmatch(r"[a-z0-9_]+", short) else None
+    direction = _registry_direction(short) if re.fullmatch(r"[a-z0-9_]+", short) else None
     if direction is not None:
         return direction
     tokens = set(re.split(r"[/_.\-\s]+", name.lower()))
