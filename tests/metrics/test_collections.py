@@ -94,3 +94,12 @@ def test_metrics_sharing_state_names_have_identical_updates(task: str) -> None:
         if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
             continue  # never merged: torchmetrics compares names and shapes first
         assert all(torch.equal(sa[k], sb[k]) for k in sa), (a, b)
+
+
+def test_forward_checks_like_update() -> None:
+    """Members skip their own checks inside a collection; ``forward`` (update + batch value) is checked too."""
+    collection = build_metric_collection("ordinal", 12, stage="val")
+    probs, target, group_id = batch("ordinal", 8, 0)
+    assert set(collection(probs, target, group_id=group_id)) == set(collection.keys())
+    with pytest.raises(ValueError, match=r"ordinal metrics 'val/': labels must lie in 0..11, got range"):
+        collection(probs, target + 12, group_id=group_id)

@@ -59,6 +59,7 @@ Every registered name, what it is (a test checks this list against the registry)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -113,20 +114,29 @@ class TaskMetricCollection(MetricCollection):
         self.max_groups = max_groups
         #: the first member that needs ``group_id``, named when it is missing
         self.group_metric = next((type(m).__name__ for m in metrics.values()
-                                  if "group_id" in m._update_signature.parameters), None)
+                                  if "group_id" in inspect.signature(m.update).parameters), None)
 
-    def update(self, probs: Tensor, target: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Update every metric with ``probs [B, C]``, ``target`` and (for group metrics) ``group_id``."""
-        group_id = kwargs.get("group_id")
+    def check(self, probs: Tensor, target: Tensor, group_id: Tensor | None) -> None:
+        """The collection's one check of an update's inputs (``ValueError`` naming the collection, or the group
+        metric that needs a missing ``group_id``)."""
         name = f"{self.task} metrics {self.prefix or ''!r}"
         if group_id is None and self.group_metric is not None:
             name = self.group_metric  # "GroupSumError: needs group_id ..."
         check_inputs(name, probs, target, self.num_classes, target_kind=TARGET_KIND[self.task], group_id=group_id,
                      needs_group=self.group_metric is not None or group_id is not None,
                      max_groups=self.max_groups, values=self.validate == "values")
+
+    def update(self, probs: Tensor, target: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Update every metric with ``probs [B, C]``, ``target`` and (for group metrics) ``group_id``."""
+        self.check(probs, target, kwargs.get("group_id"))
         if probs.shape[0] == 0:
             return
         super().update(probs, target, *args, **kwargs)
+
+    def forward(self, probs: Tensor, target: Tensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Update and return each metric's value on this batch, after the same check as ``update``."""
+        self.check(probs, target, kwargs.get("group_id"))
+        return super().forward(probs, target, *args, **kwargs)
 
 
 def default_metric_names(task: str, stage: str, num_classes: int, *, max_group_size: int | None = None

@@ -168,7 +168,7 @@ def defaults_table() -> str:
     rows = []
     for task in TASKS:
         train = ", ".join(default_names(task, train=True, num_classes=1 << 30, options=MetricOptions()))
-        full = MetricOptions(max_group_size=1)
+        full = MetricOptions(max_groups=1, max_group_size=1)  # every option given: names that require one
         names = default_names(task, train=False, num_classes=1 << 30, options=full)
         plain = set(default_names(task, train=False, num_classes=1 << 30, options=MetricOptions()))
         notes = []
