@@ -270,7 +270,8 @@ class TailDataModule(L.LightningDataModule):
         if self.task == "soft":
             why = "probability columns"
         elif self.task == "multilabel":
-            why = "multi-hot columns" if self.reader.label_columns is not None else "label lists"
+            why = ("multi-hot columns" if self.reader.label_columns is not None
+                   else f"label lists, from loss {self.hints.loss or 'of the run'}")
         elif self.hints.loss_tasks is not None:
             why = f"from loss {self.hints.loss or 'of the run'}"
         else:
