@@ -27,7 +27,6 @@ from tailsweep.utils.distributed import (
     validate_trainer_config,
 )
 from tailsweep.utils.paths import config_dir, register_resolvers
-from tailsweep.utils.wandb import record_outcome
 from tailsweep.utils.runtime import (
     METRICS_FILE,
     instantiate_list,
@@ -39,6 +38,7 @@ from tailsweep.utils.runtime import (
     to_float_dict,
     write_json,
 )
+from tailsweep.utils.wandb import record_outcome
 
 register_resolvers()
 launch_ranks_as_single_jobs()

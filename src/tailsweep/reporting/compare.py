@@ -37,7 +37,7 @@ import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,7 @@ def read_jobs(sweep_dirs: Path | str | Sequence[Path | str]) -> list[Job]:
     return jobs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry_direction(short: str, task: str | None) -> str | None:
     """``higher_is_better`` of the metric class the registry builds for ``short`` (None outside the registry)."""
     from tailsweep.metrics import REGISTRY, build_metric
