@@ -271,3 +271,20 @@ def test_a_resumed_run_directory_continues_its_wandb_run(tmp_path: Path, monkeyp
     assert (tmp_path / RUN_ID_FILE).read_text().strip() == first.version == again.version
     assert again._wandb_init.get("resume") == "allow"
     assert other.version != first.version
+
+
+def test_the_outcome_goes_to_the_summary_on_rank_zero_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from tailsweep.utils.wandb import build_wandb_logger, record_outcome
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = build_wandb_logger(save_dir=str(tmp_path), project="t", name="job")
+    outcome = {"monitor": "val/map", "monitor_best": 0.25, "best_epoch": 3, "stopped_early": True}
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    record_outcome([logger], outcome)  # rank 1's experiment is Lightning's dummy: nothing to write, no error
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    record_outcome([logger], outcome)
+    summary = logger.experiment.summary
+    assert (summary["val/map_best"], summary["best_epoch"], summary["stopped_early"]) == (0.25, 3, True)
+    logger.experiment.finish()

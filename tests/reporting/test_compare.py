@@ -252,12 +252,12 @@ def test_intervals_differences_and_verdicts_from_predictions(predicted_sweep) ->
         # a and b predict the same: paired resamples give them a difference of exactly 0
         assert by["loss=a"].delta[name] == by["loss=b"].delta[name] == (0.0, 0.0, 0.0)
         point, low, high = by["loss=c"].delta[name]
-        assert (low <= point <= high) and (0 < low if metric_direction(name) == "min" else high < 0)
+        assert (low <= point <= high) and (low > 0 if metric_direction(name) == "min" else high < 0)
 
 
 def test_the_decomposed_bootstrap_equals_the_metric_classes_on_the_same_draws(predicted_sweep) -> None:
-    from tailsweep.reporting.bootstrap import Predictions, _by_class, resample_metrics
     from tailsweep.metrics import build_metric
+    from tailsweep.reporting.bootstrap import Predictions, _by_class, resample_metrics
 
     root, _ = predicted_sweep
     predictions = Predictions.read(root / "0" / "predictions.parquet")

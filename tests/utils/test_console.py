@@ -3,6 +3,7 @@ table's order, the extras, the progress bar's monitor."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -107,3 +108,26 @@ def test_progress_bar_shows_the_monitor_once_it_exists(monkeypatch: pytest.Monke
     assert bar.get_metrics(trainer, None) == {"train/loss": "1.0"}
     trainer.callback_metrics["val/score"] = torch.tensor(0.123456)
     assert bar.get_metrics(trainer, None) == {"train/loss": "1.0", "val/score": "0.1235"}
+
+
+def test_a_run_logs_what_happened_to_train_log_and_prints_one_table(counting_root: Path, tmp_path: Path) -> None:
+    from tests.entrypoints.test_train import _cli
+
+    result = _cli([f"paths.data_dir={counting_root.parent}", f"paths.log_dir={tmp_path}", "data.image_size=24",
+                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.rich_progress_bar=null",
+                   "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    log = (run / "train.log").read_text()
+    for expected in ("output dir: ", "instantiating data <tailsweep.data.datamodule.TailDataModule>", "config:\n",
+                     "GPU available", "final metrics:\n  val/group_sum_mae (best, epoch 0): ", "best checkpoint: "):
+        assert expected in log, expected
+    printed = result.stdout + result.stderr
+    # the one final table, the run directory; and none of the known noise
+    assert printed.count("final metrics (all of them in metrics.json)") == 1 and "Test metric" not in printed
+    assert f"run directory: {run}" in printed
+    assert "litlogger" not in printed and "LeafSpec" not in printed and "callbacks used to create" not in printed
+    # the training outcome and the predictions beside the metrics
+    outcome = json.loads((run / "metrics.json").read_text())
+    assert outcome["best_epoch"] == 0 and outcome["stopped_early"] is False and outcome["task"] == "ordinal"
+    assert (run / "predictions.parquet").is_file()

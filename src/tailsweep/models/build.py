@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from tailsweep.metrics.collections import defer_metric_targets
 
+
 def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     """Instantiate ``cfg.loss`` and ``cfg.model`` with the training split's statistics and the sampler's shift.
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,9 +278,6 @@ def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(finite, [tail, 1.0 - tail])
     return float(low), float(high)
-
-
-Direction = Callable[[str], str | None]
 
 
 def verdicts(points: Mapping[str, float], resampled: Mapping[str, np.ndarray], direction: str, level: float = 0.95

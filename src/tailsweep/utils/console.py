@@ -134,9 +134,9 @@ def describe_parts(cfg: DictConfig, output_dir: Path) -> None:
 
 
 def check_monitor_support(monitor: str | None, datamodule: Any) -> str | None:
-    """Log a warning (and return its message) when the monitor is scored on fewer than ``MIN_SAMPLES`` validation samples,
-    or, for a group metric, fewer than ``MIN_GROUPS`` validation groups: the checkpoint it picks is then mostly
-    chance. Needs ``datamodule.split("val")`` (a ``Manifest``); silent otherwise."""
+    """Log a warning (and return its message) when the monitor is scored on fewer than ``MIN_SAMPLES`` validation
+    samples, or, for a group metric, fewer than ``MIN_GROUPS`` validation groups: the checkpoint it picks is then
+    mostly chance. Needs ``datamodule.split("val")`` (a ``Manifest``); silent otherwise."""
     if not monitor or not monitor.startswith("val/") or not hasattr(datamodule, "split"):
         return None
     try:

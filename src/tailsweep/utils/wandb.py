@@ -27,6 +27,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 DEFAULT_HOST = "api.wandb.ai"
@@ -162,9 +163,11 @@ def finish_wandb_run(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+@rank_zero_only
 def record_outcome(loggers: Iterable[Any], outcome: Mapping[str, Any]) -> None:
     """Put the fit's outcome in each W&B run's summary: ``<monitor>_best`` (the checkpoint's score, not the last
-    epoch's value), ``best_epoch`` and ``stopped_early``. Does nothing without a ``WandbLogger``."""
+    epoch's value), ``best_epoch`` and ``stopped_early``. Does nothing without a ``WandbLogger``, and on ranks
+    other than 0 (their ``experiment`` is Lightning's dummy)."""
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue
