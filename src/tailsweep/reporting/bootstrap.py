@@ -186,15 +186,21 @@ def _decomposed(terms: Terms, units: Units, resamples: int, seed: int) -> tuple[
 # ------------------------------------------------------------------------------------------- metric classes
 
 
-def _update(metric: Any, probabilities: Tensor, target: Tensor, group_id: Tensor | None) -> float:
+def _takes_groups(metric: Any) -> bool:
+    return "group_id" in inspect.signature(metric.update).parameters
+
+
+def _update(metric: Any, probabilities: Tensor, target: Tensor, group_id: Tensor | None,
+            takes_groups: bool | None = None) -> float:
     metric.reset()
-    kwargs = {"group_id": group_id} if "group_id" in inspect.signature(metric.update).parameters else {}
-    metric.update(probabilities, target, **kwargs)
+    takes_groups = _takes_groups(metric) if takes_groups is None else takes_groups
+    metric.update(probabilities, target, **({"group_id": group_id} if takes_groups else {}))
     return float(metric.compute())
 
 
 def _by_class(metric: Any, p: Predictions, units: Units, grouped: bool, resamples: int, seed: int) -> np.ndarray:
     out = []
+    takes_groups = _takes_groups(metric)
     if grouped:  # the rows of each group, in one CSR layout, so that a resample gathers them without a Python loop
         order = np.argsort(units.member_of, kind="stable")
         sizes = np.bincount(units.member_of, minlength=units.size)
@@ -209,7 +215,7 @@ def _by_class(metric: Any, p: Predictions, units: Units, grouped: bool, resample
             else:
                 rows = torch.from_numpy(idx)
                 group_id = None if p.group_id is None else p.group_id[rows]
-            out.append(_update(metric, p.probabilities[rows], p.target[rows], group_id))
+            out.append(_update(metric, p.probabilities[rows], p.target[rows], group_id, takes_groups))
     return np.asarray(out, dtype=np.float64)
 
 
