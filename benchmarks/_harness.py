@@ -31,6 +31,9 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from tailsweep.data.generators.counting import CountingConfig, generate_counting
+from tailsweep.hints import data_hints
+from tailsweep.models.build import build_model
+from tailsweep.monitor import resolve_monitor
 from tailsweep.utils.paths import config_dir, project_root, register_resolvers
 from tailsweep.utils.runtime import instantiate_list
 
@@ -118,9 +121,10 @@ def build_template(cfg: DictConfig, *, datamodule: L.LightningDataModule | None 
                    extra_callbacks: Sequence[Callback] = (), **trainer_kwargs: Any
                    ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Data, model and trainer exactly as ``tailsweep.train.train`` instantiates them (``extra_callbacks`` first)."""
-    datamodule = datamodule if datamodule is not None else instantiate(cfg.data)
+    datamodule = datamodule if datamodule is not None else instantiate(cfg.data, **data_hints(cfg))
     datamodule.setup("fit")
-    model = instantiate(cfg.model, loss=instantiate(cfg.loss), statistics=datamodule.statistics)
+    resolve_monitor(cfg, datamodule.statistics)
+    model = build_model(cfg, datamodule)
     callbacks = [*extra_callbacks, *instantiate_list(cfg.get("callbacks"))]
     loggers = instantiate_list(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_kwargs)

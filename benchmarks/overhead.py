@@ -56,6 +56,7 @@ from _harness import (
     threads,
 )
 from tailsweep.data.datamodule import TailDataModule
+from tailsweep.hints import data_hints
 from tailsweep.losses.base import check_class_target
 from tailsweep.metrics.collections import build_metric_collection
 from tailsweep.models.backbones import build_backbone
@@ -313,7 +314,7 @@ def main() -> None:
         root = counting_root(args.data_root, args.quick, Path(scratch))
         output = Path(scratch) / "runs"
         cfg = template_cfg(root, output, args, "template")
-        datamodule: TailDataModule = instantiate(cfg.data)
+        datamodule: TailDataModule = instantiate(cfg.data, **data_hints(cfg))
         datamodule.setup("fit")
         batches = load_batches(datamodule, args.pool, args.batch_size, device)
         total_steps = args.warmup + args.steps + 1  # the first step of an epoch has no start mark
