@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 register_resolvers()
 
 SMALL_COUNTING = CountingConfig(num_images=320, num_classes=30, image_size=24, group_size=8, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_determinism():
+    """Each test starts with torch's deterministic-algorithms flag as the session had it: a run with
+    ``trainer.deterministic=true`` (the debug configs) turns it on for the whole process, and torchmetrics then
+    counts with dense N x K comparisons (its ``_bincount``), which made a later binned-metric test take 24 GB."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @pytest.fixture(scope="session")

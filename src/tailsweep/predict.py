@@ -78,8 +78,11 @@ ORDERED_TASKS = frozenset(ORDINAL_TASKS | {"soft"})
 def read_inputs(data: Mapping[str, Any], reading: Mapping[str, Any]) -> ImageList:
     """The images named by predict's ``data``: ``images`` (a directory), ``root`` (class folders) or ``manifest``
     (a CSV/Parquet file, or a class-folder directory); columns default to the training run's (``reading``)."""
-    def option(key: str) -> Any:
-        return data.get(key) if data.get(key) is not None else reading.get(key)
+    def option(key: str) -> Any:  # a column option: predict's own data (flat or under reader), else the run's
+        for source in (data, data.get("reader") or {}, reading, reading.get("reader") or {}):
+            if source.get(key) is not None:
+                return source[key]
+        return None
 
     if data.get("images"):
         return list_image_directory(data["images"])
@@ -87,7 +90,7 @@ def read_inputs(data: Mapping[str, Any], reading: Mapping[str, Any]) -> ImageLis
         return list_class_folders(data["root"])
     manifest = data.get("manifest")
     if manifest:
-        if Path(manifest).is_dir() or data.get("format") == "folder":
+        if Path(manifest).is_dir() or (data.get("reader") or data).get("format") == "folder":
             return list_class_folders(manifest)
         return read_image_list(manifest, path_column=option("path_column") or "path",
                                group_column=option("group_column"), label_column=option("label_column"))
