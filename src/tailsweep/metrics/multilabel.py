@@ -141,7 +141,8 @@ class MultilabelTopKRecall(_LabelMetric):
             self._check(probs, target)
         positive = target == 1
         top = probs.topk(self.k, dim=1).indices
-        getattr(self, f"top{self.k}_hits").index_add_(0, top.flatten(), positive.gather(1, top).flatten().long())
+        hits = getattr(self, f"top{self.k}_hits")  # its dtype follows set_dtype (the bootstrap counts in float64)
+        hits.index_add_(0, top.flatten(), positive.gather(1, top).flatten().to(hits.dtype))
         self._accumulate({f"top{self.k}_positives": positive.sum(dim=0)})
 
     def compute(self) -> Tensor:
