@@ -77,13 +77,12 @@ class MultilabelECE(_LabelMetric):
         if self.validate_args:
             self._check(probs, target)
         known = target != -1
-        bins = (confidence_bin(probs, self.n_bins) + self.label_offsets).flatten()
+        bins = (confidence_bin(probs, self.n_bins) + self.label_offsets).flatten().long()
         state = getattr(self, self._state)
-        sums = [
-            torch.bincount(bins, weights=weight.flatten().to(state.dtype), minlength=self.num_labels * self.n_bins)
-            for weight in (known, probs.to(state.dtype) * known, target == 1)
-        ]
-        state.view(-1, 3).add_(torch.stack(sums, dim=1))
+        # index_add_ rather than bincount: it counts in any state dtype (the bootstrap sets float64)
+        weights = torch.stack([w.flatten().to(state.dtype) for w in (known, probs.to(state.dtype) * known,
+                                                                     target == 1)], dim=1)
+        state.view(-1, 3).index_add_(0, bins, weights)
 
     def compute(self) -> Tensor:
         """Per-label ECE ``[L]`` (``average="none"``) or its mean over labels with known targets."""
