@@ -13,8 +13,8 @@ Prints a markdown table (the ``## Metrics`` section of BENCHMARKS.md records one
 
 ``--quick`` measures only the group-sum distribution metric (``GroupSumRPS``, groups of 8; ``GroupSumNLL`` shares
 its state in a collection) as a ratio of process CPU time to ``RankedProbabilityScore`` on the same batches, at
-C = 30, 300 and 1000, and the members' transform alone: the zero-padded rfft it does now against the float64
-``C x S/2`` DFT table (two matmuls) it did before.
+C = 30, 300, 1000 and 10000: the updates alone, then ``compute``, and the size of its state. Run it against another
+checkout's ``src`` (``PYTHONPATH=<checkout>/src``) for a before/after.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from tailsweep.metrics import (
     OrdinalMAE,
     RankedProbabilityScore,
 )
-from tailsweep.metrics.group import fft_length
 
 POOL = 16
 GROUP_SIZE = 8
@@ -113,61 +112,50 @@ def time_metric(build: Callable[[], Metric], kind: str, batches: dict, steps: in
     return best
 
 
-def _dft_table_transform(probs: torch.Tensor, support: int) -> torch.Tensor:
-    """The members' transform as GroupSumRPS computed it before the rfft: a float64 ``[C, S/2+1]`` table."""
-    import math
-
-    c = probs.shape[1]
-    phase = (2.0 * math.pi / support) * torch.outer(torch.arange(c, dtype=torch.float64),
-                                                    torch.arange(support // 2 + 1, dtype=torch.float64))
-    probs = probs.double()
-    real, imag = probs @ phase.cos(), probs @ -phase.sin()
-    return torch.cat([0.5 * (real.square() + imag.square()).clamp_min(1e-300).log(), torch.atan2(imag, real)], 1)
+def _state_bytes(metric: Metric) -> int:
+    total = 0
+    for name in metric._defaults:
+        value = getattr(metric, name)
+        for tensor in value if isinstance(value, list) else [value]:
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
-def quick(samples: int = 4096, batch: int = 512) -> None:
-    """CPU time of the group-sum distribution metrics against RankedProbabilityScore, C = 30, 300, 1000."""
+def quick(samples: int = 4096, batch: int = 512, classes: tuple[int, ...] = (30, 300, 1000, 10000)) -> None:
+    """CPU time of the group-sum distribution metric against RankedProbabilityScore: updates, then compute."""
     print(f"{samples} samples, batches of {batch}, groups of {GROUP_SIZE}, {torch.get_num_threads()} threads, "
-          f"process CPU time, best of 2\n")
-    print("| C | support S | RPS s | GroupSumRPS s | x RPS | transform: rfft s | transform: DFT table (before) s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for c in (30, 300, 1000):
+          f"process CPU time, best of 3 (update and compute timed apart)\n")
+    print("| C | support S | RPS update s | GroupSumRPS update s | update x RPS | GroupSumRPS compute s | "
+          "update + compute x RPS | state MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in classes:
         generator = torch.Generator().manual_seed(c)
         batches = [((torch.randn(batch, c, generator=generator) * 3).softmax(dim=1),
                     torch.randint(0, c, (batch,), generator=generator)) for _ in range(samples // batch)]
 
-        def run(build: Callable[[], list[Metric]], batches: list = batches) -> float:
-            best = float("inf")
-            for _ in range(2):
+        def run(build: Callable[[], Metric], grouped: bool, batches: list = batches) -> tuple[float, float, int]:
+            updates, computes, size = float("inf"), float("inf"), 0
+            for _ in range(3):
+                metric = build()
                 start = time.process_time()
-                metrics = build()
                 for step, (probs, target) in enumerate(batches):
-                    group_id = torch.arange(batch) // GROUP_SIZE + step * batch
-                    for metric in metrics:
-                        if isinstance(metric, RankedProbabilityScore):
-                            metric.update(probs, target)
-                        else:
-                            metric.update(probs, target, group_id=group_id)
-                for metric in metrics:
-                    metric.compute()
-                best = min(best, time.process_time() - start)
-            return best
+                    if grouped:
+                        metric.update(probs, target, group_id=torch.arange(batch) // GROUP_SIZE + step * batch)
+                    else:
+                        metric.update(probs, target)
+                middle = time.process_time()
+                size = _state_bytes(metric)
+                metric.compute()
+                end = time.process_time()
+                updates, computes = min(updates, middle - start), min(computes, end - middle)
+            return updates, computes, size
 
-        rps = run(lambda c=c: [RankedProbabilityScore(c, validate_args=False)])
-        group = run(lambda c=c: [GroupSumRPS(c, max_group_size=GROUP_SIZE, validate_args=False)])
+        rps_update, rps_compute, _ = run(lambda c=c: RankedProbabilityScore(c, validate_args=False), False)
+        update, compute, size = run(lambda c=c: GroupSumRPS(c, max_group_size=GROUP_SIZE, validate_args=False),
+                                    True)
         support = GROUP_SIZE * (c - 1) + 1
-        length = fft_length(support)
-        start = time.process_time()
-        for probs, _ in batches:
-            spectrum = torch.fft.rfft(probs.double(), n=length, dim=1)
-            torch.cat([spectrum.abs().clamp_min(1e-300).log(), spectrum.angle()], 1)
-        new = time.process_time() - start
-        start = time.process_time()
-        for probs, _ in batches:
-            _dft_table_transform(probs, support)
-        old = time.process_time() - start
-        print(f"| {c} | {support} | {rps:.3f} | {group:.3f} | {group / rps:.0f} | {new:.3f} | {old:.3f} |",
-              flush=True)
+        print(f"| {c} | {support} | {rps_update:.4f} | {update:.4f} | {update / rps_update:.1f} | {compute:.3f} | "
+              f"{(update + compute) / (rps_update + rps_compute):.0f} | {size / 2**20:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -179,7 +167,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--only", default=None, help="substring of the metric names to run")
-    parser.add_argument("--quick", action="store_true", help="only the group-sum distribution ratios (C=30/300/1000)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the group-sum distribution ratios (C=30/300/1000/10000)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

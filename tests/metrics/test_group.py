@@ -144,3 +144,38 @@ def test_sum_distribution_is_a_distribution_with_the_right_mean(c: int, size: in
         expected = np.convolve(expected, row)
     np.testing.assert_allclose(pmf[: expected.size].numpy(), expected, atol=1e-12)
     assert float(pmf[expected.size:].abs().sum()) < 1e-12
+
+
+def test_group_sum_distribution_keeps_the_members_until_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``update`` only appends (C floats and two scalars per sample, no transform: its cost is RPS's); ``compute``
+    convolves each group, in chunks bounded by ``COMPUTE_CHUNK_ELEMENTS``, to the same value as in one piece."""
+    probs, target, group_id = grouped_data(seed=3, sharp=2.0)
+    metric = GroupSumRPS(C, max_group_size=8)
+    monkeypatch.setattr(torch.fft, "rfft", lambda *a, **k: pytest.fail("update must not transform"))
+    update_in_batches(metric, probs, target, batch=30, group_id=group_id)
+    monkeypatch.undo()
+    stored = sum(t.numel() for name in metric._defaults for t in getattr(metric, name))
+    assert stored == N * (C + 2)
+    expected = ref.group_sum_scores(probs.numpy(), target.numpy(), group_id.numpy())
+    close(metric.compute(), expected["rps"])
+    metric._computed = None
+    monkeypatch.setattr(group_module, "COMPUTE_CHUNK_ELEMENTS", 1)  # one group a chunk
+    close(metric.compute(), expected["rps"])
+
+
+def test_group_sum_distributions_leave_the_defaults_above_the_class_limit(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from tailsweep.metrics.collections import build_metric_collection, default_metric_names
+
+    limit = group_module.GROUP_DISTRIBUTION_MAX_CLASSES
+    assert {"group_sum_rps", "group_sum_nll"} <= set(default_metric_names("ordinal", "val", limit, max_group_size=8))
+    with caplog.at_level(logging.INFO, logger="tailsweep.metrics.collections"):
+        names = default_metric_names("ordinal", "test", limit + 1, max_group_size=8)
+    assert not {"group_sum_rps", "group_sum_nll"} & set(names)
+    assert {"group_sum_mae", "rps"} <= set(names)
+    assert (f"test metrics: group_sum_rps, group_sum_nll left out of the defaults at C={limit + 1} (in them up to "
+            f"C={limit}") in caplog.text
+    assert "model.metrics.test" in caplog.text
+    named = build_metric_collection("ordinal", limit + 1, stage="val", names=["group_sum_rps"], max_group_size=8)
+    assert list(named) == ["val/group_sum_rps"]

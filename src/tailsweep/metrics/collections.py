@@ -17,9 +17,9 @@ task          train                                 val / test
 multiclass    accuracy, macro_recall                accuracy, macro_recall, macro_f1, ece, brier, nll
 ordinal       accuracy, ev_mae                      accuracy, macro_recall, qwk, ece, group_sum_mae,
                                                     group_sum_rmse, group_sum_rel, group_sum_rps (with
-                                                    max_group_size), group_sum_nll (with max_group_size),
-                                                    rps, ev_mae, argmax_mae, median_mae, ev_rmse, amae,
-                                                    mmae, off_by_one, brier, nll
+                                                    max_group_size, C<=1000), group_sum_nll (with
+                                                    max_group_size, C<=1000), rps, ev_mae, argmax_mae,
+                                                    median_mae, ev_rmse, amae, mmae, off_by_one, brier, nll
 soft          accuracy, nll                         accuracy, brier, nll, kl
 multilabel    f1                                    map, auroc, f1, ece, top3_recall (C>3), top5_recall
                                                     (C>5)
@@ -49,7 +49,8 @@ Every registered name, what it is (a test checks this list against the registry)
     amae, mmae      ``AverageMAE`` / ``MaximumMAE`` (argmax, over classes present)
     off_by_one      ``OffByOneAccuracy``
     group_sum_mae, group_sum_rmse, group_sum_rel  ``GroupSumError`` of the expected value (one shared state)
-    group_sum_rps, group_sum_nll  ``GroupSumRPS`` / ``GroupSumNLL`` (need ``max_group_size``)
+    group_sum_rps, group_sum_nll  ``GroupSumRPS`` / ``GroupSumNLL`` (need ``max_group_size``; in the defaults up to
+                    C=1000, their state holding C floats per sample: name them to keep them above)
     map, auroc      macro average precision / AUROC, exact (every score of the evaluated split kept, as
                     scikit-learn computes them), over the labels where they are defined (a positive; AUROC also a
                     negative)
@@ -60,6 +61,7 @@ Every registered name, what it is (a test checks this list against the registry)
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -82,6 +84,8 @@ from tailsweep.metrics.registry import (
     target_key,
 )
 from tailsweep.tasks import check_task
+
+log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 #: A metric entry of ``names``: a registered name, a ``_target_`` mapping, or a factory taking the size.
@@ -144,8 +148,18 @@ def default_metric_names(task: str, stage: str, num_classes: int, *, max_group_s
     """The default set for ``task`` and ``stage`` (see the module docstring), read from the registry."""
     check_task(task, "metrics: task")
     _check_stage(stage)
-    return default_names(task, train=stage == "train", num_classes=num_classes,
-                         options=MetricOptions(max_group_size=max_group_size))
+    options = MetricOptions(max_group_size=max_group_size)
+    names = default_names(task, train=stage == "train", num_classes=num_classes, options=options)
+    too_many = {}
+    for name in default_names(task, train=stage == "train", num_classes=None, options=options):
+        entry = registered(name, task)
+        if name not in names and entry is not None and entry.max_size is not None and num_classes > entry.max_size:
+            too_many[name] = entry.max_size
+    if too_many:
+        log.info("%s metrics: %s left out of the defaults at C=%d (in them up to C=%d: their state holds C floats "
+                 "per sample); name them in model.metrics.%s to keep them", stage, ", ".join(too_many), num_classes,
+                 min(too_many.values()), stage)
+    return names
 
 
 def build_metric(name: MetricEntry, task: str, num_classes: int, options: MetricOptions | None = None) -> Metric:

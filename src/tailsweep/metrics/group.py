@@ -15,7 +15,7 @@ the distributed result equals the single-process one up to float64 rounding of t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -29,9 +29,14 @@ from tailsweep.tasks import ORDINAL_TASKS
 
 #: Un-coalesced values (rows x width) always tolerated before coalescing (8 MiB of float64).
 COALESCE_MIN_ELEMENTS = 1 << 20
-#: Groups turned into distributions at once in ``GroupSumRPS.compute`` (bounds the memory of the inverse FFT).
-COMPUTE_CHUNK_GROUPS = 4096
+#: Spectrum entries (members x frequencies) transformed at once in ``GroupSumRPS.compute`` (bounds its memory:
+#: 2^24 complex128 entries are 256 MiB).
+COMPUTE_CHUNK_ELEMENTS = 1 << 24
 GROUP_SUM_STATISTICS = ("mae", "rmse", "rel")
+#: most classes for which the default val/test sets hold ``group_sum_rps`` / ``group_sum_nll``: their state is C
+#: floats per evaluated sample (10k val samples at C=1000: 80 MB of float64); name them in ``model.metrics`` to
+#: keep them above it
+GROUP_DISTRIBUTION_MAX_CLASSES = 1000
 
 
 def coalesce_groups(ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -184,65 +189,126 @@ def sum_distribution_from_log_cf(log_abs: Tensor, angle: Tensor, support: int, l
     return pmf / pmf.sum(dim=1, keepdim=True)
 
 
-class _GroupSumDistribution(_GroupKeyedSums):
-    """Per group: the summed log-modulus and argument of the members' discrete Fourier transforms, the true sum
-    and the member count (the product of characteristic functions is the transform of the convolution)."""
+class _GroupSumDistribution(ClassMetric):
+    """The members' distributions, labels and group ids, kept per sample until ``compute`` convolves each group.
 
+    ``update`` only appends (a cast and three list states, concatenated across ranks): no transform, no host sync,
+    the cost of ``RankedProbabilityScore``'s update. ``compute`` orders the members by group and, in chunks of
+    about ``COMPUTE_CHUNK_ELEMENTS`` spectrum entries, multiplies each group's zero-padded member rffts (the
+    product of characteristic functions is the transform of the convolution) and inverts the product, in float64
+    (the state dtype). Memory: ``C`` floats of the state dtype per sample, at most ``max_group_size * C`` per group
+    (summed log-spectra took about as much, ``2 (S/2 + 1) ~ max_group_size * C``, but cost an rfft per update).
+    """
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
     is_differentiable = False
 
     def __init__(self, num_classes: int, *, max_group_size: int, max_groups: int | None = None,
                  eps: float = 1e-12, **kwargs: Any) -> None:
+        super().__init__(num_classes, **kwargs)
         check_positive_int(type(self).__name__, "max_group_size", max_group_size)
+        if max_groups is not None:
+            check_positive_int(type(self).__name__, "max_groups", max_groups)
         support = max_group_size * (num_classes - 1) + 1 if isinstance(num_classes, int) else 1
-        length = fft_length(support)
-        frequencies = length // 2 + 1
-        super().__init__(num_classes, width=2 * frequencies + 2, state_prefix=f"groupdist_{max_group_size}",
-                         max_groups=max_groups, **kwargs)
         self.max_group_size = max_group_size
+        self.max_groups = max_groups
         self.support = support
-        self.fft_length = length
+        self.fft_length = fft_length(support)
         self.eps = eps
-        self._frequencies = frequencies
+        self._frequencies = self.fft_length // 2 + 1
+        prefix = f"groupdist_{max_group_size}"
+        self._ids, self._probs, self._labels = f"{prefix}_ids", f"{prefix}_probs", f"{prefix}_labels"
+        for name in (self._ids, self._probs, self._labels):
+            self.add_state(name, [], dist_reduce_fx="cat")
 
     def update(self, probs: Tensor, target: Tensor, group_id: Tensor | None = None) -> None:
-        """Add the log-DFT of each member's distribution ``probs [B, C]`` and its label ``[B]`` to its group.
-
-        The transform is ``rfft`` of the pmf zero-padded to ``fft_length >= S`` points (``O(B S log S)``, no
-        ``C x S`` table) in the state dtype. float64, not float32: float32 round-off keeps RPS within 3e-7 of
-        the float64 value but moves the NLL of sharp predictions by up to 6e-4 of its value (C=30..1000)."""
+        """Keep each member's distribution ``probs [B, C]``, its label ``[B]`` and its group id."""
         if self.validate_args:
-            self._check(probs, target, group_id)
+            check_inputs(type(self).__name__, probs, target, self.num_classes, group_id=group_id, needs_group=True,
+                         max_groups=self.max_groups)
+        getattr(self, self._ids).append(group_id.long())
+        getattr(self, self._probs).append(probs.detach().to(self.compute_dtype))
+        getattr(self, self._labels).append(target.detach().to(self.compute_dtype))
+
+    def _members(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(ids, probs, labels) of every member seen (after DDP sync inside ``compute``)."""
+        states = [getattr(self, name) for name in (self._ids, self._probs, self._labels)]
+        if isinstance(states[0], Tensor):  # concatenated by the DDP sync
+            return states[0], states[1], states[2]
+        if not states[0]:
+            dtype, device = self.compute_dtype, self.device
+            return (torch.zeros(0, dtype=torch.long, device=device),
+                    torch.zeros(0, self.num_classes, dtype=dtype, device=device), torch.zeros(0, dtype=dtype,
+                                                                                             device=device))
+        return torch.cat(states[0]), torch.cat(states[1]), torch.cat(states[2])
+
+    def _chunks(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Per chunk of groups: the product of their members' zero-padded rffts ``[g, F]`` (the transform of the
+        sum's pmf), their true sums ``[g]`` and member counts ``[g]``."""
+        ids, probs, labels = self._members()
+        if not ids.numel():
+            return
+        _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+        largest = int(counts.max())
+        if largest > self.max_group_size:
+            raise ValueError(
+                f"{type(self).__name__}: a group has {largest} members, more than max_group_size="
+                f"{self.max_group_size}; raise max_group_size (it sizes the support of the sum)"
+            )
+        order = torch.argsort(inverse, stable=True)
+        inverse, probs, labels = inverse[order], probs[order], labels[order]
+        starts = counts.cumsum(0) - counts
+        position = torch.arange(inverse.numel(), device=inverse.device) - starts[inverse]
+        ends = counts.cumsum(0).tolist()
+        per_chunk = max(1, COMPUTE_CHUNK_ELEMENTS // (largest * self._frequencies))
+        for first in range(0, len(ends), per_chunk):
+            last = min(first + per_chunk, len(ends))
+            rows = slice(ends[first - 1] if first else 0, ends[last - 1])
+            spectrum = torch.fft.rfft(probs[rows], n=self.fft_length, dim=1)
+            # a missing member is a point mass at 0, whose transform is 1
+            padded = spectrum.new_ones(last - first, largest, self._frequencies)
+            padded[inverse[rows] - first, position[rows]] = spectrum
+            true_sum = labels.new_zeros(last - first).index_add_(0, inverse[rows] - first, labels[rows])
+            yield padded.prod(dim=1), true_sum, counts[first:last].to(labels.dtype)
+
+    def group_rows(self) -> Tensor:
+        """Summed rows ``[G, 2F + 2]`` of the groups seen so far: log|phi|, arg(phi) of the sum's transform (the
+        form ``sum_distribution_from_log_cf`` inverts), true sum, member count."""
         dtype = self.compute_dtype
-        spectrum = torch.fft.rfft(probs.to(dtype), n=self.fft_length, dim=1)
-        log_abs = spectrum.abs().to(dtype).clamp_min(torch.finfo(dtype).tiny).log()
-        label = target.to(dtype).unsqueeze(1)
-        rows = torch.cat([log_abs, spectrum.angle().to(dtype), label, torch.ones_like(label)], dim=1)
-        self._add_rows(group_id, rows)
+        rows = [torch.cat([product.abs().clamp_min(torch.finfo(dtype).tiny).log(), product.angle(),
+                           true_sum.unsqueeze(1), members.unsqueeze(1)], dim=1)
+                for product, true_sum, members in self._chunks()]
+        if not rows:
+            return torch.zeros(0, 2 * self._frequencies + 2, dtype=dtype, device=self.device)
+        return torch.cat(rows)
 
     def _scores(self) -> tuple[Tensor, Tensor]:
         """Per group: RPS and NLL of the predicted distribution of the sum at the true sum."""
-        groups = self.group_rows()
-        largest = groups[:, -1].max() if groups.shape[0] else groups.new_zeros(())
-        if float(largest) > self.max_group_size:
-            raise ValueError(
-                f"{type(self).__name__}: a group has {int(largest)} members, more than max_group_size="
-                f"{self.max_group_size}; raise max_group_size (it sizes the support of the sum)"
-            )
-        f = self._frequencies
         rps, nll = [], []
-        positions = torch.arange(self.support, device=groups.device)
-        for chunk in groups.split(COMPUTE_CHUNK_GROUPS) if groups.shape[0] else ():
-            pmf = sum_distribution_from_log_cf(chunk[:, :f], chunk[:, f:2 * f], self.support, self.fft_length)
-            true_sum = chunk[:, -2].round().long()
+        positions = torch.arange(self.support, device=self.device)
+        for product, true_sum, _ in self._chunks():
+            pmf = torch.fft.irfft(product, n=self.fft_length, dim=1)[:, :self.support].clamp_min(0.0)
+            pmf = pmf / pmf.sum(dim=1, keepdim=True)
+            true_sum = true_sum.round().long()
             step = (positions >= true_sum.unsqueeze(1)).to(pmf.dtype)
             rps.append((pmf.cumsum(dim=1) - step)[:, :-1].square().sum(dim=1))
             nll.append(-pmf.gather(1, true_sum.unsqueeze(1)).squeeze(1).clamp_min(self.eps).log())
         if not rps:
-            return groups.new_zeros(0), groups.new_zeros(0)
+            empty = torch.zeros(0, dtype=self.compute_dtype, device=self.device)
+            return empty, empty
         return torch.cat(rps), torch.cat(nll)
 
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any = None) -> None:
+        # A rank without data must still send tensors of the right dtype and width to the all-gather.
+        if not getattr(self, self._ids):
+            for name, tensor in zip((self._ids, self._probs, self._labels), self._members(), strict=True):
+                setattr(self, name, [tensor])
+        super()._sync_dist(dist_sync_fn, process_group=process_group)
 
-@register_metric("group_sum_rps", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, requires=("max_group_size",))
+
+@register_metric("group_sum_rps", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, requires=("max_group_size",),
+                 max_size=GROUP_DISTRIBUTION_MAX_CLASSES)
 class GroupSumRPS(_GroupSumDistribution):
     r"""Ranked probability score of a group's predicted **sum** distribution against the true sum.
 
@@ -278,7 +344,8 @@ class GroupSumRPS(_GroupSumDistribution):
         return self._scores()[0].mean()
 
 
-@register_metric("group_sum_nll", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, requires=("max_group_size",))
+@register_metric("group_sum_nll", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS, requires=("max_group_size",),
+                 max_size=GROUP_DISTRIBUTION_MAX_CLASSES)
 class GroupSumNLL(_GroupSumDistribution):
     r"""Negative log-likelihood of the true group sum under the predicted sum distribution (see
     :class:`GroupSumRPS`, with which it shares its states and update).

@@ -57,6 +57,8 @@ class RegisteredMetric:
         requires: options that must be given (``max_group_size``): without them the name is left out of the
             defaults and ``build_metric`` raises a message naming the option.
         min_size: least number of classes or labels for the default sets (top-5 recall needs more than 5 labels).
+        max_size: most classes for the default sets (None: any); above it the metric is built only when named
+            (the group-sum distributions keep C floats per sample).
         higher_is_better: the direction reports and checkpoint monitors use (the class's attribute by default;
             None for a non-scalar such as a confusion matrix).
     """
@@ -70,6 +72,12 @@ class RegisteredMetric:
     requires: tuple[str, ...] = ()
     min_size: int = 1
     higher_is_better: bool | None = None
+    max_size: int | None = None
+
+    def fits(self, num_classes: int | None) -> bool:
+        """True when a default set for ``num_classes`` (None: any number) may hold the metric."""
+        return num_classes is None or (num_classes >= self.min_size
+                                       and (self.max_size is None or num_classes <= self.max_size))
 
     @property
     def needs_group(self) -> bool:
@@ -101,6 +109,7 @@ def register_metric(
     train_default_for: Iterable[str] = (),
     requires: tuple[str, ...] = (),
     min_size: int = 1,
+    max_size: int | None = None,
     higher_is_better: bool | None = None,
     **kwargs: Any,
 ) -> Callable[[M], M]:
@@ -116,7 +125,7 @@ def register_metric(
     def register(cls: M) -> M:
         direction = higher_is_better if higher_is_better is not None else getattr(cls, "higher_is_better", None)
         entry = RegisteredMetric(name, cls, entry_tasks, defaults, train, dict(kwargs), requires, min_size,
-                                 direction)
+                                 direction, max_size)
         others = REGISTRY.setdefault(name, [])
         for other in others:
             if other.tasks & entry_tasks or other.higher_is_better != direction:
@@ -150,14 +159,15 @@ def metric_direction(name: str) -> bool | None:
     return REGISTRY[short][0].higher_is_better
 
 
-def default_names(task: str, *, train: bool, num_classes: int, options: MetricOptions) -> tuple[str, ...]:
-    """The names of ``task``'s default train or val/test set that fit ``num_classes`` and ``options``."""
+def default_names(task: str, *, train: bool, num_classes: int | None, options: MetricOptions) -> tuple[str, ...]:
+    """The names of ``task``'s default train or val/test set that fit ``num_classes`` (None: any) and
+    ``options``."""
     names = []
     for name in metric_names(task):
         entry = registered(name, task)
         assert entry is not None
         wanted = entry.train_default_for if train else entry.default_for
-        if task in wanted and num_classes >= entry.min_size \
+        if task in wanted and entry.fits(num_classes) \
                 and all(getattr(options, option) is not None for option in entry.requires):
             names.append(name)
     return tuple(names)
@@ -167,20 +177,16 @@ def defaults_table() -> str:
     """The reST table of the default sets by task (val/test with every option given), from the registry."""
     rows = []
     for task in TASKS:
-        train = ", ".join(default_names(task, train=True, num_classes=1 << 30, options=MetricOptions()))
+        train = ", ".join(default_names(task, train=True, num_classes=None, options=MetricOptions()))
         full = MetricOptions(max_groups=1, max_group_size=1)  # every option given: names that require one
-        names = default_names(task, train=False, num_classes=1 << 30, options=full)
-        plain = set(default_names(task, train=False, num_classes=1 << 30, options=MetricOptions()))
         notes = []
-        for name in names:
+        for name in default_names(task, train=False, num_classes=None, options=full):
             entry = registered(name, task)
             assert entry is not None
-            if name not in plain:
-                notes.append(f"{name} (with {', '.join(entry.requires)})")
-            elif entry.min_size > 1:
-                notes.append(f"{name} (C>{entry.min_size - 1})")
-            else:
-                notes.append(name)
+            conditions = [f"with {', '.join(entry.requires)}"] if entry.requires else []
+            conditions += [f"C>{entry.min_size - 1}"] if entry.min_size > 1 else []
+            conditions += [f"C<={entry.max_size}"] if entry.max_size is not None else []
+            notes.append(f"{name} ({', '.join(conditions)})" if conditions else name)
         rows.append((task, train, _wrap(", ".join(notes), 56)))
     widths = (12, 36, 56)
     rule = "  ".join("=" * w for w in widths)
