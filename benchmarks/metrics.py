@@ -121,41 +121,45 @@ def _state_bytes(metric: Metric) -> int:
     return total
 
 
-def quick(samples: int = 4096, batch: int = 512, classes: tuple[int, ...] = (30, 300, 1000, 10000)) -> None:
+def quick(batch: int = 512, classes: tuple[int, ...] = (30, 300, 1000, 10000), repeats: int = 3) -> None:
     """CPU time of the group-sum distribution metric against RankedProbabilityScore: updates, then compute."""
-    print(f"{samples} samples, batches of {batch}, groups of {GROUP_SIZE}, {torch.get_num_threads()} threads, "
-          f"process CPU time, best of 3 (update and compute timed apart)\n")
-    print("| C | support S | RPS update s | GroupSumRPS update s | update x RPS | GroupSumRPS compute s | "
+    print(f"batches of {batch}, groups of {GROUP_SIZE}, {torch.get_num_threads()} threads, process CPU time; "
+          f"RPS and GroupSumRPS alternate on the same batches, {repeats} repeats: median (min-max) of the ratios\n")
+    print("| C | support S | samples | RPS update s | GroupSumRPS update s | update x RPS | GroupSumRPS compute s | "
           "update + compute x RPS | state MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in classes:
+        samples = max(4096, (2**20 // c) // batch * batch)  # enough work for the RPS baseline to be timed
         generator = torch.Generator().manual_seed(c)
         batches = [((torch.randn(batch, c, generator=generator) * 3).softmax(dim=1),
                     torch.randint(0, c, (batch,), generator=generator)) for _ in range(samples // batch)]
 
-        def run(build: Callable[[], Metric], grouped: bool, batches: list = batches) -> tuple[float, float, int]:
-            updates, computes, size = float("inf"), float("inf"), 0
-            for _ in range(3):
-                metric = build()
-                start = time.process_time()
-                for step, (probs, target) in enumerate(batches):
-                    if grouped:
-                        metric.update(probs, target, group_id=torch.arange(batch) // GROUP_SIZE + step * batch)
-                    else:
-                        metric.update(probs, target)
-                middle = time.process_time()
-                size = _state_bytes(metric)
-                metric.compute()
-                end = time.process_time()
-                updates, computes = min(updates, middle - start), min(computes, end - middle)
-            return updates, computes, size
+        def run(metric: Metric, grouped: bool, batches: list = batches) -> tuple[float, float, int]:
+            start = time.process_time()
+            for step, (probs, target) in enumerate(batches):
+                if grouped:
+                    metric.update(probs, target, group_id=torch.arange(batch) // GROUP_SIZE + step * batch)
+                else:
+                    metric.update(probs, target)
+            middle = time.process_time()
+            size = _state_bytes(metric)
+            metric.compute()
+            return middle - start, time.process_time() - middle, size
 
-        rps_update, rps_compute, _ = run(lambda c=c: RankedProbabilityScore(c, validate_args=False), False)
-        update, compute, size = run(lambda c=c: GroupSumRPS(c, max_group_size=GROUP_SIZE, validate_args=False),
-                                    True)
+        rows = []
+        for _ in range(repeats):
+            rps = run(RankedProbabilityScore(c, validate_args=False), False)
+            group = run(GroupSumRPS(c, max_group_size=GROUP_SIZE, validate_args=False), True)
+            rows.append((rps, group))
+        rows.sort(key=lambda r: r[1][0] / r[0][0])
+        (rps, group) = rows[len(rows) // 2]
+        update_ratios = sorted(g[0] / r[0] for r, g in rows)
+        total_ratios = sorted((g[0] + g[1]) / (r[0] + r[1]) for r, g in rows)
         support = GROUP_SIZE * (c - 1) + 1
-        print(f"| {c} | {support} | {rps_update:.4f} | {update:.4f} | {update / rps_update:.1f} | {compute:.3f} | "
-              f"{(update + compute) / (rps_update + rps_compute):.0f} | {size / 2**20:.1f} |", flush=True)
+        print(f"| {c} | {support} | {samples} | {rps[0]:.4f} | {group[0]:.4f} | {update_ratios[len(rows) // 2]:.2f} "
+              f"({update_ratios[0]:.2f}-{update_ratios[-1]:.2f}) | {group[1]:.3f} | "
+              f"{total_ratios[len(rows) // 2]:.0f} ({total_ratios[0]:.0f}-{total_ratios[-1]:.0f}) | "
+              f"{group[2] / 2**20:.1f} |", flush=True)
 
 
 def main() -> None:

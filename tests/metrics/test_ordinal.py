@@ -165,3 +165,35 @@ def test_rps_properties(case) -> None:
     exact = RankedProbabilityScore(c)
     exact.update(torch.eye(c, dtype=torch.float64)[target], target)
     assert float(exact.compute()) == 0.0
+
+
+@pytest.mark.parametrize("decoding", ["argmax", "median"])
+def test_minimum_sensitivity_and_gmsec_match_formula(decoding: str) -> None:
+    from tailsweep.metrics import GMSEC, MinimumSensitivity
+
+    probs, target = class_probs(N, C, seed=6, sharp=2.0), labels(N, C, seed=6)
+    target[target == C - 1] = C - 2  # the highest class absent: the extremes are the present ones
+    predicted = ref.point(probs.numpy(), decoding)
+    present = sorted(set(target.tolist()))
+    recall = {c: float(np.mean(predicted[target.numpy() == c] == c)) for c in present}
+    minimum, extremes = MinimumSensitivity(C, decoding=decoding), GMSEC(C, decoding=decoding)
+    update_in_batches(minimum, probs, target)
+    update_in_batches(extremes, probs, target)
+    close(minimum.compute(), min(recall.values()))
+    close(extremes.compute(), float(np.sqrt(recall[present[0]] * recall[present[-1]])))
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")  # the NaN before any update
+def test_minimum_sensitivity_and_gmsec_match_dlordinal() -> None:
+    dl = pytest.importorskip("dlordinal.metrics")
+    from tailsweep.metrics import GMSEC, MinimumSensitivity
+
+    probs = class_probs(N, C, seed=7, sharp=3.0)
+    target = labels(N, C, seed=7)
+    target[:C] = torch.arange(C)  # dlordinal infers the class set from the data: give it all of them
+    np_target, np_pred = target.numpy(), probs.argmax(1).numpy()
+    for metric, expected in [(MinimumSensitivity(C), dl.minimum_sensitivity(np_target, np_pred)),
+                             (GMSEC(C), dl.gmsec(np_target, np_pred))]:
+        metric.update(probs, target)
+        close(metric.compute(), float(expected))
+    assert float(MinimumSensitivity(C).compute().isnan()) and float(GMSEC(C).compute().isnan())

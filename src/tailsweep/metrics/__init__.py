@@ -18,10 +18,12 @@ from tailsweep.metrics.collections import (
 from tailsweep.metrics.group import GroupSumError, GroupSumNLL, GroupSumRPS
 from tailsweep.metrics.multilabel import MultilabelECE, MultilabelTopKRecall
 from tailsweep.metrics.ordinal import (
+    GMSEC,
     AverageMAE,
     ExpectedValueMAE,
     ExpectedValueRMSE,
     MaximumMAE,
+    MinimumSensitivity,
     OffByOneAccuracy,
     OrdinalMAE,
     OrdinalRMSE,
@@ -41,6 +43,7 @@ from tailsweep.metrics.registry import REGISTRY, metric_direction, metric_names,
 __all__ = [
     "CALIBRATION_BINS",
     "DECODINGS",
+    "GMSEC",
     "REGISTRY",
     "AverageMAE",
     "BrierScore",
@@ -51,6 +54,7 @@ __all__ = [
     "GroupSumRPS",
     "KLDivergence",
     "MaximumMAE",
+    "MinimumSensitivity",
     "MultilabelAUROCUnknown",
     "MultilabelECE",
     "MultilabelF1Unknown",

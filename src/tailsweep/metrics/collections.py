@@ -19,7 +19,8 @@ ordinal       accuracy, ev_mae                      accuracy, macro_recall, qwk,
                                                     group_sum_rmse, group_sum_rel, group_sum_rps (with
                                                     max_group_size, C<=1000), group_sum_nll (with
                                                     max_group_size, C<=1000), rps, ev_mae, argmax_mae,
-                                                    median_mae, ev_rmse, amae, mmae, off_by_one, brier, nll
+                                                    median_mae, ev_rmse, amae, mmae, min_sensitivity, gmsec,
+                                                    off_by_one, brier, nll
 soft          accuracy, nll                         accuracy, brier, nll, kl
 multilabel    f1                                    map, auroc, f1, ece, top3_recall (C>3), top5_recall
                                                     (C>5)
@@ -47,6 +48,8 @@ Every registered name, what it is (a test checks this list against the registry)
     argmax_mae, median_mae  ``OrdinalMAE`` of the argmax / of the median (the count of P(y > k) > 1/2: CORAL's and
                     CORN's decoding)
     amae, mmae      ``AverageMAE`` / ``MaximumMAE`` (argmax, over classes present)
+    min_sensitivity, gmsec  ``MinimumSensitivity`` (recall of the worst present class) / ``GMSEC`` (geometric mean
+                    of the recalls of the lowest and highest present class), argmax
     off_by_one      ``OffByOneAccuracy``
     group_sum_mae, group_sum_rmse, group_sum_rel  ``GroupSumError`` of the expected value (one shared state)
     group_sum_rps, group_sum_nll  ``GroupSumRPS`` / ``GroupSumNLL`` (need ``max_group_size``; in the defaults up to

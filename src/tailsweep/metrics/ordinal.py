@@ -256,6 +256,95 @@ class MaximumMAE(_PerClassAbsoluteError):
         return mae[present].max() if bool(present.any()) else mae.new_tensor(float("nan"))
 
 
+class _PerClassSensitivity(ClassMetric):
+    """Per true class: hits of the point prediction and count; the sensitivity metrics share them."""
+
+    higher_is_better = True
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    def __init__(self, num_classes: int, *, decoding: str = "argmax", **kwargs: Any) -> None:
+        super().__init__(num_classes, **kwargs)
+        check_choice(type(self).__name__, "decoding", decoding, DECODINGS)
+        self.decoding = decoding
+        self._prefix = f"classhit_{decoding}"
+        self.add_state(f"{self._prefix}_hit", torch.zeros(num_classes, dtype=STATE_DTYPE), dist_reduce_fx="sum")
+        self.add_state(f"{self._prefix}_n", torch.zeros(num_classes, dtype=STATE_DTYPE), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        """Count, per true class, the samples of ``probs [B, C]`` whose point prediction is the label ``[B]``."""
+        if self.validate_args:
+            check_inputs(type(self).__name__, probs, target, self.num_classes)
+        predicted = point_prediction(probs, self.decoding, self.class_values).round()
+        hit = (predicted == target.to(self.compute_dtype)).to(self.compute_dtype)
+        target = target.long()
+        getattr(self, f"{self._prefix}_hit").index_add_(0, target, hit)
+        getattr(self, f"{self._prefix}_n").index_add_(0, target, torch.ones_like(hit))
+
+    def sensitivities(self) -> tuple[Tensor, Tensor]:
+        """Sensitivity (recall) of each class ``[C]`` (NaN for absent classes) and the mask of classes present."""
+        counts = getattr(self, f"{self._prefix}_n")
+        return getattr(self, f"{self._prefix}_hit") / counts, counts > 0
+
+
+@register_metric("min_sensitivity", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
+class MinimumSensitivity(_PerClassSensitivity):
+    r"""Sensitivity (recall) of the worst-served class: zero as soon as one present class is never predicted,
+    which a long tail hides from accuracy and MAE.
+
+    .. math:: \mathrm{MS} = \min_{c\in K}\frac{1}{N_c}\sum_{n: y_n=c} 1[\hat y_n = c]
+
+    over the classes ``K`` present in the evaluated data, ``\hat y`` the argmax by default. Cruz-Ramirez et al., 2014,
+    "Metrics to guide a multi-objective evolutionary algorithm for ordinal classification"; dlordinal's
+    ``minimum_sensitivity``, which takes the classes of the labels *and* the predictions (a predicted class absent
+    from the labels counts there as sensitivity 0; here it does not count: its sensitivity is undefined).
+
+    Example:
+        >>> import torch
+        >>> probs = torch.eye(4)[torch.tensor([0, 1, 1, 2, 3, 0, 1])]
+        >>> metric = MinimumSensitivity(num_classes=4)
+        >>> metric.update(probs, torch.tensor([0, 0, 1, 2, 3, 0, 0]))
+        >>> metric.compute()
+        tensor(0.5000, dtype=torch.float64)
+    """
+
+    def compute(self) -> Tensor:
+        """Min over present classes of the sensitivity (NaN before any update)."""
+        sensitivity, present = self.sensitivities()
+        return sensitivity[present].min() if bool(present.any()) else sensitivity.new_tensor(float("nan"))
+
+
+@register_metric("gmsec", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
+class GMSEC(_PerClassSensitivity):
+    r"""Geometric mean of the sensitivities of the two extreme classes: how well the lowest and the highest
+    ordinal values are recognised (in a long tail of counts, the highest is the rarest).
+
+    .. math:: \mathrm{GMSEC} = \sqrt{S_{c_{\min}}\, S_{c_{\max}}}, \qquad
+        S_c = \frac{1}{N_c}\sum_{n: y_n=c} 1[\hat y_n = c]
+
+    with ``c_min`` and ``c_max`` the lowest and highest class present in the evaluated data (classes 0 and C-1 when
+    both occur), ``\hat y`` the argmax by default. Vargas et al., 2024, "Improving the classification of the
+    extreme classes in ordinal problems" (dlordinal's ``gmsec``, which takes the extremes of the labels and
+    predictions together).
+
+    Example:
+        >>> import torch
+        >>> probs = torch.eye(4)[torch.tensor([0, 1, 1, 2, 3, 0, 1])]
+        >>> metric = GMSEC(num_classes=4)
+        >>> metric.update(probs, torch.tensor([0, 0, 1, 2, 3, 0, 0]))
+        >>> metric.compute()  # sqrt(0.5 * 1.0)
+        tensor(0.7071, dtype=torch.float64)
+    """
+
+    def compute(self) -> Tensor:
+        """Geometric mean of the sensitivities of the extreme present classes (NaN before any update)."""
+        sensitivity, present = self.sensitivities()
+        classes = present.nonzero().flatten()
+        if not classes.numel():
+            return sensitivity.new_tensor(float("nan"))
+        return (sensitivity[classes[0]] * sensitivity[classes[-1]]).sqrt()
+
+
 @register_metric("off_by_one", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
 class OffByOneAccuracy(ClassMetric):
     r"""Share of samples whose point prediction is at most ``tolerance`` classes (default 1) from the label.
