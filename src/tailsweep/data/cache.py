@@ -12,8 +12,8 @@ The key says everything that changes the decoded pixels, so that a stale file is
 - the decoding: image side S, RGB, the bilinear resize, ``DECODE_VERSION`` and the Pillow version.
 
 The labels are not in the file (only pixels are), so a relabelled row reuses it. A file name is
-``<manifest stem>-<split>-<S>px-<rows hash>-<stat hash>.npy``: when an image changes, the new file replaces the old one of
-the same rows (pruned after the write).
+``<manifest stem>-<split>-<S>px-<rows hash>-<stat hash>.npy``: when an image changes, the new file replaces the
+old one of the same rows (pruned after the write).
 
 Writes are atomic and done once: the writer holds ``<file>.lock`` (``fcntl.flock``, where it exists) while it
 decodes, writes ``<file>.tmp-<pid>-<random>`` and renames it into place (``os.replace``). A concurrent job or DDP
@@ -97,10 +97,8 @@ def _locked(path: Path) -> Iterator[None]:
         yield
         return
     with handle:
-        try:
+        with contextlib.suppress(OSError):  # e.g. a network file system without locks
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        except OSError:  # e.g. a network file system without locks
-            pass
         try:
             yield
         finally:

@@ -119,9 +119,10 @@ class TailDataModule(L.LightningDataModule):
     ``timm_kwargs``), ``hflip``/``vflip``, or ``train_transform``/``eval_transform`` callables (e.g. a torchvision
     v2 ``Compose`` from Hydra) that replace them; ``cache_images`` decodes every image once at setup (skipped above
     ``cache_max_gb``), into ``cache_dir`` when set: a memory-mapped file per split that later runs and sweep jobs
-    map instead of decoding again (``cache.DiskImageCache``; ``None``: in memory, decoded by every run). ``device_transforms`` moves the batched flips and normalisation after the transfer to the
-    accelerator (``on_after_batch_transfer``): loaders then yield ``uint8`` images, 4x less to copy, and the CPU
-    only indexes the cache (for GPU runs without workers).
+    map instead of decoding again (``cache.DiskImageCache``; ``None``: in memory, decoded by every run).
+    ``device_transforms`` moves the batched flips and normalisation after the transfer to the accelerator
+    (``on_after_batch_transfer``): loaders then yield ``uint8`` images, 4x less to copy, and the CPU only indexes
+    the cache (for GPU runs without workers).
 
     Loading: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``drop_last`` (training).
 

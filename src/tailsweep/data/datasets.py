@@ -3,8 +3,9 @@
 Images are decoded to ``uint8 [3, S, S]`` (resized once to the configured size). With ``cache=True`` the whole
 split is decoded when the dataset is built, in threads, into one ``uint8 [N, 3, S, S]`` tensor: a corrupt file
 fails then, before training, and a batch is one index into the cache. With a ``cache_dir`` the decoded split is
-also written there once (``cache.DiskImageCache``) and memory-mapped by later runs and sweep jobs instead of decoded. ``__getitems__`` returns a whole batch, so
-the DataLoader (with ``BatchCollate``) does the flips and the normalisation once per batch, not per image.
+also written there once (``cache.DiskImageCache``) and memory-mapped by later runs and sweep jobs instead of
+decoded. ``__getitems__`` returns a whole batch, so the DataLoader (with ``BatchCollate``) does the flips and the
+normalisation once per batch, not per image.
 """
 
 from __future__ import annotations
