@@ -1,0 +1,203 @@
+"""Start-up cost of a short default run, phase by phase, and the decoded-image cache's first vs later job.
+
+    PYTHONPATH=src python benchmarks/startup.py                   # the counting set (20,000 48x48 PNGs), 3 repeats
+    PYTHONPATH=src python benchmarks/startup.py --quick           # tiny generated set, 1 repeat (seconds)
+    PYTHONPATH=src python benchmarks/startup.py --src /old/src    # time the imports of another source tree
+
+Phases, in CPU time (user + system, all threads; the machine's other load barely moves it, unlike wall time):
+
+1. ``python -c pass``, ``import torch``, ``import lightning`` and ``import tailsweep.train``, each in a fresh
+   interpreter (``getrusage`` of the child): what the template adds over its dependencies at import;
+2. in this one process, as ``tailsweep.train`` runs them: the Hydra compose of ``train.yaml``, the datamodule's
+   ``setup("fit")`` (manifest read + validation, statistics, decoding the three splits), the model build (loss,
+   head, metrics), the trainer with the default callbacks and CSV logger, and ``fit`` up to the end of the first
+   training step.
+
+``setup("fit")`` is measured three ways, alternating, ``--repeats`` times each: **cold** (an empty
+``data.cache_dir``: the first job of a sweep, which decodes and writes the cache), **warm** (the cache that job
+left: the 2nd..Nth job, which maps it) and **memory** (``data.cache_dir=null``: every job decodes, as before
+the cache). Reported: medians with the interquartile range, and warm / cold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+
+from _harness import (
+    compose_train,
+    counting_root,
+    load_average,
+    machine_description,
+    quartiles,
+    quiet_lightning,
+    reproduce_command,
+)
+from tailsweep.hints import data_hints
+from tailsweep.models.build import build_model
+from tailsweep.monitor import resolve_monitor
+from tailsweep.utils.runtime import instantiate_list
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Fresh-interpreter imports, in order: the interpreter alone, the two big dependencies, the training entry point.
+IMPORTS = (("python (interpreter only)", "pass"), ("import torch", "import torch"),
+           ("import lightning", "import lightning"), ("import tailsweep.train", "import tailsweep.train"))
+#: A short default run: one training step, no validation, no test.
+SHORT_RUN = ("+trainer.max_steps=1", "trainer.limit_val_batches=0", "test=false")
+
+
+def child_cpu(code: str, src: Path) -> tuple[float, float]:
+    """CPU and wall seconds of ``python -c code`` in a fresh interpreter with ``src`` on ``PYTHONPATH``."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, wall
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``function()``'s result, CPU seconds of this process (all threads) and wall seconds."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = function()
+    return result, time.process_time() - cpu, time.perf_counter() - wall
+
+
+class FirstStep(Callback):
+    """Marks the end of the first training step (CPU and wall clocks) and stops the fit there."""
+
+    def __init__(self) -> None:
+        self.cpu: float | None = None
+        self.wall: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.cpu is None:
+            self.cpu, self.wall = time.process_time(), time.perf_counter()
+        trainer.should_stop = True
+
+
+def secs(values: list[float]) -> str:
+    """``median [q1-q3]`` in seconds."""
+    q1, median, q3 = quartiles(values)
+    return f"{median:.2f} [{q1:.2f}-{q3:.2f}]" if len(values) > 1 else f"{median:.2f}"
+
+
+def run_phases(root: Path, scratch: Path, repeats: int) -> tuple[list[tuple[str, list[float], list[float]]],
+                                                                    dict[str, tuple[list[float], list[float]]]]:
+    """The in-process phases of one short default run (repeated), and the three kinds of ``setup("fit")``."""
+    rows: dict[str, tuple[list[float], list[float]]] = {}
+
+    def add(name: str, cpu: float, wall: float) -> None:
+        rows.setdefault(name, ([], []))[0].append(cpu)
+        rows[name][1].append(wall)
+
+    setups: dict[str, tuple[list[float], list[float]]] = {kind: ([], []) for kind in ("cold", "warm", "memory")}
+    for repeat in range(repeats):
+        cache_dir = scratch / f"cache-{repeat}"
+        output = scratch / f"run-{repeat}"
+        overrides = [*SHORT_RUN, f"data.cache_dir={cache_dir}"]
+        cfg, cpu, wall = timed(lambda: compose_train(root, output, overrides))  # noqa: B023
+        add("Hydra compose of train.yaml", cpu, wall)
+        for kind in ("cold", "warm", "memory"):
+            extra = {"cache_dir": None} if kind == "memory" else {}
+
+            def setup(extra: dict[str, Any] = extra) -> L.LightningDataModule:
+                datamodule = instantiate(cfg.data, **extra, **data_hints(cfg))  # noqa: B023
+                datamodule.setup("fit")
+                return datamodule
+
+            datamodule, cpu, wall = timed(setup)
+            setups[kind][0].append(cpu)
+            setups[kind][1].append(wall)
+            if kind == "cold":
+                add("datamodule setup(\"fit\"), first job (cache cold)", cpu, wall)
+            elif kind == "warm":
+                add("datamodule setup(\"fit\"), later job (cache warm)", cpu, wall)
+                warm_datamodule = datamodule
+
+        def model() -> L.LightningModule:
+            resolve_monitor(cfg, warm_datamodule.statistics)  # noqa: B023
+            return build_model(cfg, warm_datamodule)  # noqa: B023
+
+        module, cpu, wall = timed(model)
+        add("model build (backbone, loss, head, metrics)", cpu, wall)
+        first_step = FirstStep()
+
+        def trainer() -> L.Trainer:
+            callbacks = [first_step, *instantiate_list(cfg.get("callbacks"))]  # noqa: B023
+            loggers = instantiate_list(cfg.get("logger"))  # noqa: B023
+            return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # noqa: B023
+
+        trainer_obj, cpu, wall = timed(trainer)
+        add("trainer creation (callbacks, CSV logger)", cpu, wall)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        trainer_obj.fit(module, datamodule=warm_datamodule)
+        add("fit up to the end of the first training step", first_step.cpu - cpu0, first_step.wall - wall0)
+    return [(name, cpu, wall) for name, (cpu, wall) in rows.items()], setups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", default=None, help="counting set directory (default: data/counting; "
+                        "--quick: a tiny generated set)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of every phase")
+    parser.add_argument("--src", default=str(ROOT / "src"), help="source tree whose fresh-interpreter imports "
+                        "are timed (default: this checkout's); the in-process phases use the imported one")
+    parser.add_argument("--quick", action="store_true", help="tiny data, 1 repeat (a smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+    quiet_lightning()
+    load_before = load_average()
+    src = Path(args.src).resolve()
+    imports: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _ in IMPORTS}
+    for _ in range(args.repeats):
+        for name, code in IMPORTS:
+            cpu, wall = child_cpu(code, src)
+            imports[name][0].append(cpu)
+            imports[name][1].append(wall)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = counting_root(args.data_root, args.quick, Path(scratch))
+        phases, setups = run_phases(root, Path(scratch), args.repeats)
+        images = len((root / "manifest.csv").read_text().splitlines()) - 1
+
+    print(f"Command: {reproduce_command()}")
+    print(f"Machine: {machine_description()}; load average {load_before} before, {load_average()} after")
+    print(f"Data: {root} ({images:,} images); {args.repeats} repeat(s); imports from {src}\n")
+    print("Start-up of a short default run (`tailsweep-train +trainer.max_steps=1 trainer.limit_val_batches=0 "
+          "test=false`), by phase; seconds, median [IQR]\n")
+    print("| phase | CPU s | wall s |")
+    print("|---|---:|---:|")
+    for name, (cpu, wall) in imports.items():
+        print(f"| {name}, fresh interpreter | {secs(cpu)} | {secs(wall)} |")
+    template = quartiles(imports["import tailsweep.train"][0])[1] - quartiles(imports["import lightning"][0])[1]
+    print(f"| (tailsweep.train over lightning) | {template:.2f} | |")
+    for name, cpu, wall in phases:
+        print(f"| {name} | {secs(cpu)} | {secs(wall)} |")
+    print("\nDatamodule `setup(\"fit\")`: first job of a sweep vs later jobs; seconds, median [IQR]\n")
+    print("| setup(\"fit\") | CPU s | wall s | CPU vs cold |")
+    print("|---|---:|---:|---:|")
+    cold = quartiles(setups["cold"][0])[1]
+    titles = {"cold": "first job: decode + write the cache (data.cache_dir empty)",
+              "warm": "later job: map the cache (data.cache_dir written)",
+              "memory": "no disk cache (data.cache_dir=null): every job decodes"}
+    for kind, (cpu, wall) in setups.items():
+        print(f"| {titles[kind]} | {secs(cpu)} | {secs(wall)} | {quartiles(cpu)[1] / cold:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
