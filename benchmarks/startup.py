@@ -2,12 +2,14 @@
 
     PYTHONPATH=src python benchmarks/startup.py                   # the counting set (20,000 48x48 PNGs), 3 repeats
     PYTHONPATH=src python benchmarks/startup.py --quick           # tiny generated set, 1 repeat (seconds)
-    PYTHONPATH=src python benchmarks/startup.py --src /old/src    # time the imports of another source tree
+    PYTHONPATH=src python benchmarks/startup.py --parts imports --src /old/src src  # imports, before vs after
 
 Phases, in CPU time (user + system, all threads; the machine's other load barely moves it, unlike wall time):
 
 1. ``python -c pass``, ``import torch``, ``import lightning`` and ``import tailsweep.train``, each in a fresh
-   interpreter (``getrusage`` of the child): what the template adds over its dependencies at import;
+   interpreter (``getrusage`` of the child), and ``import tailsweep.train`` timed by the child after it imported
+   Lightning: the template's own import cost (Hydra, its modules), which a difference of two whole-process times
+   drowns in their noise;
 2. in this one process, as ``tailsweep.train`` runs them: the Hydra compose of ``train.yaml``, the datamodule's
    ``setup("fit")`` (manifest read + validation, statistics, decoding the three splits), the model build (loss,
    head, metrics), the trainer with the default callbacks and CSV logger, and ``fit`` up to the end of the first
@@ -52,21 +54,39 @@ from tailsweep.utils.runtime import instantiate_list
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Fresh-interpreter imports, in order: the interpreter alone, the two big dependencies, the training entry point.
-IMPORTS = (("python (interpreter only)", "pass"), ("import torch", "import torch"),
-           ("import lightning", "import lightning"), ("import tailsweep.train", "import tailsweep.train"))
+IMPORTS = (
+    ("python -c pass (the interpreter)", "", "pass"),
+    ("import torch", "", "import torch"),
+    ("import lightning", "", "import lightning"),
+    ("import tailsweep.train", "", "import tailsweep.train"),
+    ("import tailsweep.train after lightning (the template's own)", "import lightning", "import tailsweep.train"),
+    ("import timm after lightning (for reference)", "import lightning", "import timm"),
+)
+#: The rows timed for each of several ``--src`` trees (the others: for the first tree only).
+PER_TREE = ("import tailsweep.train", "import tailsweep.train after lightning (the template's own)")
+#: What a run of the benchmark measures (``--parts``).
+PARTS = ("imports", "run")
 #: A short default run: one training step, no validation, no test.
 SHORT_RUN = ("+trainer.max_steps=1", "trainer.limit_val_batches=0", "test=false")
 
 
-def child_cpu(code: str, src: Path) -> tuple[float, float]:
-    """CPU and wall seconds of ``python -c code`` in a fresh interpreter with ``src`` on ``PYTHONPATH``."""
+def child_cpu(before: str, code: str, src: Path) -> tuple[float, float]:
+    """CPU and wall seconds of ``code`` in a fresh interpreter with ``src`` on ``PYTHONPATH``: of the whole
+    process (interpreter start included) when ``before`` is empty, else of ``code`` alone after ``before`` ran (the
+    child reports its own clocks)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if before:
+        script = (f"import time\n{before}\nc, w = time.process_time(), time.perf_counter()\n{code}\n"
+                  f"print(time.process_time() - c, time.perf_counter() - w)")
+        output = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
+        cpu, wall = output.stdout.split()[-2:]
+        return float(cpu), float(wall)
+    start_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, wall
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime - start_usage.ru_utime + usage.ru_stime - start_usage.ru_stime, wall
 
 
 def timed(function: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -150,42 +170,72 @@ def run_phases(root: Path, scratch: Path, repeats: int) -> tuple[list[tuple[str,
     return [(name, cpu, wall) for name, (cpu, wall) in rows.items()], setups
 
 
+def import_rows(sources: list[Path], repeats: int, names: tuple[str, ...]
+                ) -> dict[Path, dict[str, tuple[list[float], list[float]]]]:
+    """CPU and wall seconds of the ``IMPORTS`` rows ``names`` with each source tree, ``repeats`` times, the trees
+    alternating (so that a change in the machine's load hits them alike)."""
+    rows: dict[Path, dict[str, tuple[list[float], list[float]]]] = {src: {} for src in sources}
+    for _ in range(repeats):
+        for name, before, code in IMPORTS:
+            if name not in names:
+                continue
+            for src in sources if name in PER_TREE else sources[:1]:
+                cpu, wall = child_cpu(before, code, src)
+                rows[src].setdefault(name, ([], []))[0].append(cpu)
+                rows[src][name][1].append(wall)
+    return rows
+
+
+def print_imports(rows: dict[Path, dict[str, tuple[list[float], list[float]]]]) -> None:
+    sources = list(rows)
+    for name, _, _ in IMPORTS:
+        for src in sources if name in PER_TREE else sources[:1]:
+            if name not in rows[src]:
+                continue
+            cpu, wall = rows[src][name]
+            where = f" [{src}]" if name in PER_TREE and len(sources) > 1 else ""
+            print(f"| {name}{where}, fresh interpreter | {secs(cpu)} | {secs(wall)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=None, help="counting set directory (default: data/counting; "
                         "--quick: a tiny generated set)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every phase")
-    parser.add_argument("--src", default=str(ROOT / "src"), help="source tree whose fresh-interpreter imports "
-                        "are timed (default: this checkout's); the in-process phases use the imported one")
+    parser.add_argument("--src", nargs="+", default=[str(ROOT / "src")],
+                        help="source trees whose fresh-interpreter imports are timed, alternating (default: this "
+                        "checkout's; give an older tree first for a before/after); the in-process phases always "
+                        "use the imported one")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                        help="imports: the fresh-interpreter rows; run: the in-process phases and setup table")
     parser.add_argument("--quick", action="store_true", help="tiny data, 1 repeat (a smoke run)")
     args = parser.parse_args()
     if args.quick:
         args.repeats = 1
     quiet_lightning()
     load_before = load_average()
-    src = Path(args.src).resolve()
-    imports: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _ in IMPORTS}
-    for _ in range(args.repeats):
-        for name, code in IMPORTS:
-            cpu, wall = child_cpu(code, src)
-            imports[name][0].append(cpu)
-            imports[name][1].append(wall)
-    with tempfile.TemporaryDirectory() as scratch:
-        root = counting_root(args.data_root, args.quick, Path(scratch))
-        phases, setups = run_phases(root, Path(scratch), args.repeats)
-        images = len((root / "manifest.csv").read_text().splitlines()) - 1
+    sources = [Path(src).resolve() for src in args.src]
+    # several trees: only the rows that differ between them (the dependencies' imports do not)
+    names = tuple(name for name, _, _ in IMPORTS if len(sources) == 1 or name in PER_TREE)
+    imports = import_rows(sources, args.repeats, names) if "imports" in args.parts else None
+    phases, setups, data = None, None, ""
+    if "run" in args.parts:
+        with tempfile.TemporaryDirectory() as scratch:
+            root = counting_root(args.data_root, args.quick, Path(scratch))
+            phases, setups = run_phases(root, Path(scratch), args.repeats)
+            data = f"Data: {root} ({len((root / 'manifest.csv').read_text().splitlines()) - 1:,} images); "
 
     print(f"Command: {reproduce_command()}")
     print(f"Machine: {machine_description()}; load average {load_before} before, {load_average()} after")
-    print(f"Data: {root} ({images:,} images); {args.repeats} repeat(s); imports from {src}\n")
+    print(f"{data}{args.repeats} repeat(s)\n")
     print("Start-up of a short default run (`tailsweep-train +trainer.max_steps=1 trainer.limit_val_batches=0 "
           "test=false`), by phase; seconds, median [IQR]\n")
     print("| phase | CPU s | wall s |")
     print("|---|---:|---:|")
-    for name, (cpu, wall) in imports.items():
-        print(f"| {name}, fresh interpreter | {secs(cpu)} | {secs(wall)} |")
-    template = quartiles(imports["import tailsweep.train"][0])[1] - quartiles(imports["import lightning"][0])[1]
-    print(f"| (tailsweep.train over lightning) | {template:.2f} | |")
+    if imports is not None:
+        print_imports(imports)
+    if phases is None or setups is None:
+        return
     for name, cpu, wall in phases:
         print(f"| {name} | {secs(cpu)} | {secs(wall)} |")
     print("\nDatamodule `setup(\"fit\")`: first job of a sweep vs later jobs; seconds, median [IQR]\n")
