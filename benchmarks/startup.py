@@ -1,7 +1,7 @@
 """Start-up cost of a short default run, phase by phase, and the decoded-image cache's first vs later job.
 
     PYTHONPATH=src python benchmarks/startup.py                   # the counting set (20,000 48x48 PNGs), 3 repeats
-    PYTHONPATH=src python benchmarks/startup.py --quick           # tiny generated set, 1 repeat (seconds)
+    PYTHONPATH=src python benchmarks/startup.py --quick           # tiny generated set, 1 repeat (a smoke run)
     PYTHONPATH=src python benchmarks/startup.py --parts imports --src /old/src src  # imports, before vs after
 
 Phases, in CPU time (user + system, all threads; the machine's other load barely moves it, unlike wall time):
@@ -208,7 +208,7 @@ def main() -> None:
                         "use the imported one")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                         help="imports: the fresh-interpreter rows; run: the in-process phases and setup table")
-    parser.add_argument("--quick", action="store_true", help="tiny data, 1 repeat (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="tiny data, 1 repeat, two import rows (a smoke run)")
     args = parser.parse_args()
     if args.quick:
         args.repeats = 1
@@ -217,6 +217,8 @@ def main() -> None:
     sources = [Path(src).resolve() for src in args.src]
     # several trees: only the rows that differ between them (the dependencies' imports do not)
     names = tuple(name for name, _, _ in IMPORTS if len(sources) == 1 or name in PER_TREE)
+    if args.quick:  # the two rows that need no whole-process import of the dependencies
+        names = tuple(name for name in names if name in (IMPORTS[0][0], PER_TREE[1]))
     imports = import_rows(sources, args.repeats, names) if "imports" in args.parts else None
     phases, setups, data = None, None, ""
     if "run" in args.parts:
