@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from tailsweep.data.manifest import Manifest, ManifestError
@@ -82,6 +83,11 @@ def cache_key(manifest: Manifest, image_size: int) -> tuple[str, str]:
     state = hashlib.sha256(rows.digest())
     state.update(np.ascontiguousarray(file_states(manifest)).tobytes())
     return rows.hexdigest(), state.hexdigest()
+
+
+def _say(message: str, *args: object) -> None:
+    if rank_zero_only.rank == 0:
+        log.info(message, *args)
 
 
 @contextlib.contextmanager
@@ -135,6 +141,7 @@ class DiskImageCache:
         target = self.path(manifest, image_size)
         loaded = self._load(target, shape)
         if loaded is not None:
+            _say("data: %d decoded images mapped from %s", len(manifest), target)
             return loaded, target
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -145,6 +152,7 @@ class DiskImageCache:
         with _locked(target.with_name(target.name + ".lock")):
             loaded = self._load(target, shape)  # another job or rank wrote it while this one waited for the lock
             if loaded is not None:
+                _say("data: %d decoded images mapped from %s (written by another process)", len(manifest), target)
                 return loaded, target
             images = decode()
             if tuple(images.shape) != shape or images.dtype != torch.uint8:
@@ -153,6 +161,7 @@ class DiskImageCache:
             mapped = self._write(target, images)
         if mapped is None:
             return images, None
+        _say("data: %d images decoded into %s", len(manifest), target)
         self._prune(target)
         return mapped, target
 
