@@ -175,12 +175,21 @@ def test_an_unwritable_cache_dir_or_a_damaged_file_falls_back_to_decoding(
     assert np.load(path, mmap_mode="r").shape == memory["train"].shape  # rewritten whole
 
 
-def test_a_pickled_dataset_maps_the_file_again(image_set: Path, tmp_path: Path) -> None:
+def test_a_pickled_dataset_maps_the_file_again(image_set: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loader worker (or a spawned rank) gets the file's name, not the pixels, and maps the file without
+    stating every image again; when the file has gone it falls back to the keyed lookup."""
     dataset = datamodule(image_set, tmp_path / "cache").dataset("train")
     payload = pickle.dumps(dataset)
     assert dataset.images.numel() > 0 and dataset.images.numpy().tobytes() not in payload
-    copy = pickle.loads(payload)
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module, "file_states", lambda manifest: pytest.fail("the key was recomputed"))
+        copy = pickle.loads(payload)
     assert copy.cache_file == dataset.cache_file and torch.equal(copy.images, dataset.images)
+    dataset.cache_file.unlink()
+    again = pickle.loads(payload)
+    assert again.cache_file == dataset.cache_file and dataset.cache_file.exists()  # decoded and written again
+    assert torch.equal(again.images, dataset.images)
 
 
 # ------------------------------------------------------------------------------------------ concurrent writers

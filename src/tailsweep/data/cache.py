@@ -139,7 +139,7 @@ class DiskImageCache:
         """
         shape = (len(manifest), 3, image_size, image_size)
         target = self.path(manifest, image_size)
-        loaded = self._load(target, shape)
+        loaded = self.load(target, shape)
         if loaded is not None:
             _say("data: %d decoded images mapped from %s", len(manifest), target)
             return loaded, target
@@ -150,7 +150,7 @@ class DiskImageCache:
                         self.directory, error)
             return decode(), None
         with _locked(target.with_name(target.name + ".lock")):
-            loaded = self._load(target, shape)  # another job or rank wrote it while this one waited for the lock
+            loaded = self.load(target, shape)  # another job or rank wrote it while this one waited for the lock
             if loaded is not None:
                 _say("data: %d decoded images mapped from %s (written by another process)", len(manifest), target)
                 return loaded, target
@@ -166,8 +166,10 @@ class DiskImageCache:
         return mapped, target
 
     @staticmethod
-    def _load(path: Path, shape: tuple[int, ...]) -> Tensor | None:
-        """The mapped images of ``path``, or None when it is missing or not the expected array (then rewritten)."""
+    def load(path: Path, shape: tuple[int, ...]) -> Tensor | None:
+        """The images of the cache file ``path``, mapped, or None when it is missing or not a ``uint8`` array of
+        ``shape`` (then ``images`` decodes and rewrites it). The key is not checked: ``path`` must come from
+        ``path()``."""
         try:
             array = np.load(path, mmap_mode="c", allow_pickle=False)
         except FileNotFoundError:

@@ -121,8 +121,12 @@ class ManifestImageDataset(Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.cache_file is not None and self.images is None:
-            self.images, self.cache_file = DiskImageCache(self.cache_file.parent).images(
-                self.manifest, self.image_size, lambda: self._decode_all(self.threads))
+            # the file the pickling process checked moments ago; its key is only recomputed when it has gone
+            cache = DiskImageCache(self.cache_file.parent)
+            self.images = cache.load(self.cache_file, (len(self), 3, self.image_size, self.image_size))
+            if self.images is None:
+                self.images, self.cache_file = cache.images(self.manifest, self.image_size,
+                                                            lambda: self._decode_all(self.threads))
 
     def __len__(self) -> int:
         return len(self.manifest)
