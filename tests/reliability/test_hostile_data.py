@@ -236,16 +236,19 @@ BAD_FILES = ["text", "empty", "signature only", "half a png", "png without its e
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", [True, "disk", False])
 @pytest.mark.parametrize("row", [1, 7, 10])  # a train, a val and a test row
-def test_bad_image_files_fail_in_setup_naming_row_and_file(images: Path, kind: str, cache: bool, row: int) -> None:
-    """Cached splits are decoded at setup (fit: train, val and test); others have every header read and PNG
-    checksums verified. A JPEG cut short after a valid header is the one file that can pass an uncached setup:
-    it fails at its first decode, naming the row, never with an unrelated error."""
+def test_bad_image_files_fail_in_setup_naming_row_and_file(images: Path, kind: str, cache: bool | str,
+                                                           row: int) -> None:
+    """Cached splits are decoded at setup (fit: train, val and test), in memory or into the disk cache (whose
+    other splits' files earlier cases wrote); others have every header read and PNG checksums verified. A JPEG
+    cut short after a valid header is the one file that can pass an uncached setup: it fails at its first decode,
+    naming the row, never with an unrelated error."""
     rows = base_rows()
     rows[row][0] = hostile_file(images, kind)
     path = write(images, ["path", "label", "split"], rows, f"files_{row}_{cache}.csv")
-    datamodule = TailDataModule(str(path), num_classes=3, image_size=8, batch_size=4, cache_images=cache)
+    datamodule = TailDataModule(str(path), num_classes=3, image_size=8, batch_size=4, cache_images=bool(cache),
+                                cache_dir=str(images / ".cache") if cache == "disk" else None)
     where = f"row {row + 2}"
     try:
         datamodule.setup("fit")

@@ -118,9 +118,11 @@ class TailDataModule(L.LightningDataModule):
     ``transform`` (``tensor``: flips + normalisation per batch; ``timm``: timm's ``create_transform`` with
     ``timm_kwargs``), ``hflip``/``vflip``, or ``train_transform``/``eval_transform`` callables (e.g. a torchvision
     v2 ``Compose`` from Hydra) that replace them; ``cache_images`` decodes every image once at setup (skipped above
-    ``cache_max_gb``). ``device_transforms`` moves the batched flips and normalisation after the transfer to the
-    accelerator (``on_after_batch_transfer``): loaders then yield ``uint8`` images, 4x less to copy, and the CPU
-    only indexes the cache (for GPU runs without workers).
+    ``cache_max_gb``), into ``cache_dir`` when set: a memory-mapped file per split that later runs and sweep jobs
+    map instead of decoding again (``cache.DiskImageCache``; ``None``: in memory, decoded by every run).
+    ``device_transforms`` moves the batched flips and normalisation after the transfer to the accelerator
+    (``on_after_batch_transfer``): loaders then yield ``uint8`` images, 4x less to copy, and the CPU only indexes
+    the cache (for GPU runs without workers).
 
     Loading: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``drop_last`` (training).
 
@@ -148,6 +150,7 @@ class TailDataModule(L.LightningDataModule):
         vflip: bool = False,
         cache_images: bool = True,
         cache_max_gb: float = 4.0,
+        cache_dir: str | None = None,
         device_transforms: bool = False,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
@@ -350,7 +353,8 @@ class TailDataModule(L.LightningDataModule):
             cache = False
         if not cache and self.reader.check_files:
             check_image_headers(part)  # a cached split is decoded (checked) as it is built
-        return ManifestImageDataset(part, image_size=self.image_size, sample_transform=sample_transform, cache=cache)
+        return ManifestImageDataset(part, image_size=self.image_size, sample_transform=sample_transform, cache=cache,
+                                    cache_dir=hp.cache_dir)
 
     def split(self, name: str) -> Manifest:
         """The validated rows of one split (after ``setup``)."""

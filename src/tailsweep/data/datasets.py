@@ -2,8 +2,10 @@
 
 Images are decoded to ``uint8 [3, S, S]`` (resized once to the configured size). With ``cache=True`` the whole
 split is decoded when the dataset is built, in threads, into one ``uint8 [N, 3, S, S]`` tensor: a corrupt file
-fails then, before training, and a batch is one index into the cache. ``__getitems__`` returns a whole batch, so
-the DataLoader (with ``BatchCollate``) does the flips and the normalisation once per batch, not per image.
+fails then, before training, and a batch is one index into the cache. With a ``cache_dir`` the decoded split is
+also written there once (``cache.DiskImageCache``) and memory-mapped by later runs and sweep jobs instead of
+decoded. ``__getitems__`` returns a whole batch, so the DataLoader (with ``BatchCollate``) does the flips and the
+normalisation once per batch, not per image.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
+from tailsweep.data.cache import DiskImageCache
 from tailsweep.data.manifest import Manifest, ManifestError
 from tailsweep.data.transforms import BatchTransform, SampleTransform, pil_to_uint8, uint8_to_pil
 
@@ -75,6 +80,8 @@ class ManifestImageDataset(Dataset):
             samples are ``uint8`` and ``BatchTransform`` converts them per batch.
         cache: decode every image now into one ``uint8`` tensor (``N * 3 * S * S`` bytes).
         threads: decoding threads for the cache.
+        cache_dir: with ``cache``, where the decoded split is kept on disk and memory-mapped from by later runs
+            (``cache.DiskImageCache``); ``None``: in memory only, decoded by every run.
 
     Targets: int64 (multiclass, ordinal), float32 rows (soft), float32 with 1/0/-1 (multilabel).
     """
@@ -87,13 +94,39 @@ class ManifestImageDataset(Dataset):
         sample_transform: SampleTransform | None = None,
         cache: bool = False,
         threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.manifest = manifest
         self.image_size = image_size
         self.sample_transform = sample_transform
         self.targets = manifest.targets if manifest.task != "multilabel" else manifest.targets.to(torch.float32)
         self.group_ids = manifest.group_ids
-        self.images: Tensor | None = self._decode_all(threads) if cache else None
+        self.threads = threads
+        #: the ``.npy`` file the images are mapped from (None: decoded in memory, or not cached)
+        self.cache_file: Path | None = None
+        self.images: Tensor | None = None
+        if cache and cache_dir is not None:
+            self.images, self.cache_file = DiskImageCache(cache_dir).images(
+                manifest, image_size, lambda: self._decode_all(threads))
+        elif cache:
+            self.images = self._decode_all(threads)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker or spawned process maps the cache file again instead of receiving a pickled copy of the pixels
+        state = dict(self.__dict__)
+        if self.cache_file is not None:
+            state["images"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.cache_file is not None and self.images is None:
+            # the file the pickling process checked moments ago; its key is only recomputed when it has gone
+            cache = DiskImageCache(self.cache_file.parent)
+            self.images = cache.load(self.cache_file, (len(self), 3, self.image_size, self.image_size))
+            if self.images is None:
+                self.images, self.cache_file = cache.images(self.manifest, self.image_size,
+                                                            lambda: self._decode_all(self.threads))
 
     def __len__(self) -> int:
         return len(self.manifest)

@@ -10,13 +10,15 @@ backbone: a timm model name gives that model's pretrained mean/std.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:  # imported where used: only build_transform needs torchvision's transforms
+    from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,6 +147,8 @@ def build_transform(
 ) -> v2.Compose:
     """A per-sample torchvision v2 pipeline (PIL -> normalised float tensor) equal to the default batched one:
     resize to ``image_size``, flips when training, normalise. For a custom ``train_transform`` starting point."""
+    from torchvision.transforms import v2
+
     steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)]
     if train and hflip:
         steps.append(v2.RandomHorizontalFlip())

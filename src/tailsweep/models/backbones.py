@@ -1,14 +1,14 @@
 """Feature extractors: any timm model by name, plus a tiny CNN for fast CPU runs.
 
 Backbones return pooled features ``[B, num_features]``; the loss builds the head on top (its parametrization
-decides the head's width), so the backbone never knows the number of classes.
+decides the head's width), so the backbone never knows the number of classes. timm is imported on first use of a
+timm name: importing it costs about 2.5 s of CPU (with W&B, which its utilities import), which a ``tiny_cnn`` run,
+and every process that only reads the configs, need not pay.
 """
 
 from __future__ import annotations
 
-import timm
 import torch
-from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 
 
@@ -72,6 +72,9 @@ def build_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, **
         except TypeError as error:
             raise ValueError(f"build_backbone: tiny_cnn takes backbone_kwargs {TINY_CNN_OPTIONS}, got "
                              f"{sorted(kwargs)} ({error})") from None
+    import timm
+    from timm.models import get_pretrained_cfg
+
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:20]
         raise ValueError(
@@ -106,7 +109,12 @@ def build_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, **
 def default_input_size(backbone: object) -> int | None:
     """The square input side a backbone was designed for: timm's pretrained ``input_size`` for a timm model name,
     ``None`` for ``tiny_cnn``, a module, or a config of one (they state none)."""
-    if not isinstance(backbone, str) or backbone == "tiny_cnn" or not timm.is_model(backbone):
+    if not isinstance(backbone, str) or backbone == "tiny_cnn":
+        return None
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(backbone):
         return None
     config = get_pretrained_cfg(backbone)
     if config is None or config.input_size is None:

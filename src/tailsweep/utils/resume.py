@@ -336,7 +336,7 @@ def checkpoint_step(checkpoint: str) -> int:
 TRAINING_GROUPS = ("data", "model", "loss")
 #: overrides of those groups that evaluation can apply on top of the run's config (they do not change the model)
 EVAL_SAFE_OVERRIDES = ("data.eval_batch_size", "data.batch_size", "data.num_workers", "data.pin_memory",
-                       "data.check_files", "data.cache_images", "model.metrics", "model.metrics.*")
+                       "data.check_files", "data.cache_images", "data.cache_dir", "model.metrics", "model.metrics.*")
 
 
 def apply_training_config(cfg: DictConfig, saved: DictConfig, overrides: Sequence[str], source: str) -> None:
