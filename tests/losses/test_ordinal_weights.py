@@ -21,7 +21,8 @@ from tailsweep.losses import (
     sord_targets,
     unimodal_targets,
 )
-from tests.losses.helpers import load_loss
+from tailsweep.models.calibration import PriorCorrection
+from tests.losses.helpers import fit_constant_logits, load_loss
 
 C = 5
 COUNTS = torch.tensor([400, 150, 60, 15, 4])
@@ -195,3 +196,44 @@ def test_weighted_ordinal_loss_needs_bind_and_a_known_scheme():
         RankedProbabilityScoreLoss(class_weights="inverse")(logits, labels)
     with pytest.raises(ValueError, match="SORDLoss: class weights must be one of"):
         SORDLoss(class_weights="balanced")
+
+
+LABELS = torch.repeat_interleave(torch.arange(C), COUNTS)
+PRIOR = COUNTS.double() / COUNTS.sum()
+
+
+@pytest.mark.parametrize("name", sorted(PROPER))
+@pytest.mark.parametrize("scheme", ["inverse", "effective_number"])
+def test_weighted_optimum_is_the_reweighted_prior_and_the_correction_undoes_it(name, scheme):
+    """Constant logits fitted in float64 to the training labels: the weighted optimum is p_w ∝ w pi, and the
+    prior correction with the loss's ``prior_shift`` gives back the data prior pi."""
+    # reduction="sum": the same optimum, with gradients large enough for L-BFGS's tolerance (EMD's are 1/C of RPS's)
+    loss = load_loss(name, class_weights=scheme, beta=0.99, reduction="sum").bind(STATS)
+    width = width_of(loss)
+    initial = torch.linspace(-2.0, 2.0, width) if name == "clm" else None  # ordered cutpoints: every p_k > 0
+    outputs = fit_constant_logits(loss, LABELS, width, max_iter=300, initial=initial)
+    fitted = loss.parametrization.probabilities(outputs[None])[0]
+    w = class_weights(scheme, COUNTS, beta=0.99)
+    torch.testing.assert_close(fitted, w * PRIOR / (w * PRIOR).sum(), atol=1e-5, rtol=1e-4)
+    corrected = PriorCorrection.build(STATS, loss.prior_shift())(fitted[None])[0]
+    torch.testing.assert_close(corrected.double(), PRIOR, atol=1e-5, rtol=1e-4)
+    plain = load_loss(name, reduction="sum").bind(STATS)  # and the unweighted optimum is the prior itself
+    unweighted = plain.parametrization.probabilities(
+        fit_constant_logits(plain, LABELS, width, max_iter=300, initial=initial)[None])[0]
+    torch.testing.assert_close(unweighted, PRIOR, atol=1e-5, rtol=1e-4)
+
+
+def test_weighted_optima_of_losses_without_a_shift_are_what_their_docstrings_say():
+    """Why ``prior_shift`` is None for these: the weighted constant-logit optimum is not p_w ∝ w pi. SORD's is
+    the soft-target mixture sum_y p_w(y) T[y]; EV-L2's is any p whose mean is the weighted mean E_w[y]."""
+    w = class_weights("sqrt_inverse", COUNTS)
+    p_w = w * PRIOR / (w * PRIOR).sum()
+    sord = load_loss("sord", class_weights="sqrt_inverse", reduction="sum").bind(STATS)
+    fitted = torch.softmax(fit_constant_logits(sord, LABELS, C, max_iter=300), 0)
+    torch.testing.assert_close(fitted, p_w @ sord_targets(C, 1.0), atol=1e-5, rtol=1e-4)
+    assert (fitted - p_w).abs().max() > 0.05
+    ev = load_loss("ev_l2", class_weights="sqrt_inverse", reduction="sum").bind(STATS)
+    fitted = torch.softmax(fit_constant_logits(ev, LABELS, C, max_iter=300), 0)
+    index = torch.arange(C, dtype=torch.float64)
+    torch.testing.assert_close(fitted @ index, p_w @ index, atol=1e-6, rtol=1e-6)
+    assert (fitted - p_w).abs().max() > 0.05

@@ -71,3 +71,45 @@ def test_bad_shift_and_target_are_named() -> None:
         PriorCorrection.build(_stats([1, 2, 3]), torch.zeros(2))
     with pytest.raises(ValueError, match="target_prior must be one of"):
         PriorCorrection.build(_stats([1, 2, 3]), None, target_prior="test")
+
+
+def _ordinal_module(loss, **kwargs):
+    from functools import partial
+
+    from tailsweep.models.module import TailClassifier
+
+    labels = torch.repeat_interleave(torch.arange(4), torch.tensor([40, 12, 6, 2]))
+    statistics = DatasetStatistics.from_labels(labels, 4, task="ordinal")
+    module = TailClassifier("tiny_cnn", loss, statistics, partial(torch.optim.SGD, lr=0.1),
+                            backbone_kwargs={"width": 4, "num_stages": 2}, **kwargs)
+    return module, statistics
+
+
+@pytest.mark.parametrize("loss_class", ["RankedProbabilityScoreLoss", "CORNLoss", "CumulativeLinkLoss"])
+def test_module_corrects_a_weighted_ordinal_likelihood_by_log_w(loss_class, caplog):
+    import tailsweep.losses as losses
+    from tailsweep.data.weighting import class_weights
+
+    module, statistics = _ordinal_module(getattr(losses, loss_class)(class_weights="inverse"))
+    w = class_weights("inverse", statistics.class_counts)
+    assert module.correction.active and module.report_raw
+    torch.testing.assert_close(module.correction.offset, -w.float().log())
+    assert "prior correction" not in caplog.text
+
+
+@pytest.mark.parametrize(("loss_class", "why"), [("ExpectedValueL1Loss", "point estimate"),
+                                                 ("CDWCELoss", "not a proper scoring rule"),
+                                                 ("UnimodalLoss", "soft-target mixture")])
+def test_module_warns_when_a_weighting_cannot_be_undone(loss_class, why, caplog):
+    import tailsweep.losses as losses
+
+    with caplog.at_level("WARNING", logger="tailsweep.models.module"):
+        module, _ = _ordinal_module(getattr(losses, loss_class)(class_weights="sqrt_inverse"))
+    assert not module.correction.active
+    assert f"{loss_class}: class_weights='sqrt_inverse' is not undone by the prior correction" in caplog.text
+    assert why in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tailsweep.models.module"):
+        _ordinal_module(getattr(losses, loss_class)(class_weights="sqrt_inverse"), prior_correction=False)
+        _ordinal_module(getattr(losses, loss_class)())
+    assert "not undone" not in caplog.text

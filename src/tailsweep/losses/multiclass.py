@@ -88,6 +88,12 @@ class FocalLoss(WeightedClassLoss):
         """None: the focal term has no closed-form effect on the optimum."""
         return None
 
+    def uncorrected_reason(self) -> str | None:
+        if not self.weighted:
+            return None
+        return (f"{self.name}: alpha={self.weight_spec!r} is not undone by the prior correction: the focal term "
+                f"has no closed-form effect on the optimum; reported probabilities stay as fitted")
+
 
 class LogitAdjustedLoss(ClassTargetLoss):
     """Logit-adjusted cross-entropy (Menon et al. 2021, "Long-tail learning via logit adjustment").

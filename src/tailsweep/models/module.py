@@ -7,6 +7,7 @@ become class probabilities; every metric sees probabilities only, so any loss ca
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from tailsweep.models.calibration import PriorCorrection
 from tailsweep.models.posthoc import TemperatureScaling
 
 NONFINITE_POLICIES = ("raise", "skip")
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,7 +55,10 @@ class TailClassifier(L.LightningModule):
         max_group_size: most members a group can have (sizes the group-sum distribution metrics); None = the
             largest group of the training split.
         prior_correction: report probabilities corrected for what class weights and weighted sampling did to
-            them (``models/calibration.py``); the raw ones are then logged too, under ``<stage>/raw/``.
+            them (``models/calibration.py``); the raw ones are then logged too, under ``<stage>/raw/``. A loss
+            whose weighting cannot be undone (``loss.uncorrected_reason()``: expected-value, CDW-CE, soft-target
+            losses with class weights) is warned about once, here; its probabilities are reported as fitted
+            (minus the sampler's shift, which is still undone).
         target_prior: ``train`` (the data's prior) or ``uniform`` (balanced posterior) for the correction.
         sample_shift: log-space shift of the weighted sampler (the datamodule's ``sampling_shift``).
     """
@@ -94,6 +99,9 @@ class TailClassifier(L.LightningModule):
         self.head = self.parametrization.make_head(backbone.num_features, statistics.num_classes)
         self.correction = PriorCorrection.build(statistics, self.loss.prior_shift(), sample_shift, target_prior)
         self.report_raw = prior_correction and self.correction.active
+        reason = self.loss.uncorrected_reason()
+        if prior_correction and reason:
+            log.warning("%s", reason)
         # post-hoc calibration after the prior correction: the identity until fitted on val (models/posthoc.py)
         self.posthoc = TemperatureScaling(statistics.task)
         self.optimizer_factory = optimizer
