@@ -113,3 +113,27 @@ def test_module_warns_when_a_weighting_cannot_be_undone(loss_class, why, caplog)
         _ordinal_module(getattr(losses, loss_class)(class_weights="sqrt_inverse"), prior_correction=False)
         _ordinal_module(getattr(losses, loss_class)())
     assert "not undone" not in caplog.text
+
+
+def test_module_correction_follows_deferred_loss_and_sampler_weights():
+    """``loss.reweight_from_epoch=1`` and ``data.sampler.from_epoch=2``: the correction undoes nothing in epoch 0,
+    ``log w`` in epoch 1 and ``log w`` plus the sampler's shift from epoch 2 on; a checkpoint's epoch restores it."""
+    from tailsweep.data.weighting import class_weights
+    from tailsweep.losses import RankedProbabilityScoreLoss
+
+    sample_shift = torch.tensor([-0.5, 0.1, 0.3, 0.9], dtype=torch.float64)
+    loss = RankedProbabilityScoreLoss(class_weights="inverse", reweight_from_epoch=1)
+    module, statistics = _ordinal_module(loss, sample_shift=sample_shift, sample_shift_from_epoch=2)
+    log_w = class_weights("inverse", statistics.class_counts).log()
+    assert module.report_raw and module.val_raw_metrics is not None  # the correction will act from epoch 1
+    assert not module.correction.active
+    expected = {0: torch.zeros(4, dtype=torch.float64), 1: -log_w, 2: -log_w - sample_shift, 3: -log_w - sample_shift}
+    for epoch in (0, 1, 2, 3):
+        module.enter_epoch(epoch)
+        torch.testing.assert_close(module.correction.offset, expected[epoch].float())
+        assert module.correction.active == (epoch > 0)
+    fresh, _ = _ordinal_module(RankedProbabilityScoreLoss(class_weights="inverse", reweight_from_epoch=1),
+                               sample_shift=sample_shift, sample_shift_from_epoch=2)
+    fresh.on_load_checkpoint({"epoch": 1})
+    torch.testing.assert_close(fresh.correction.offset, expected[1].float())
+    assert fresh.loss.weights_in_force and fresh.correction.active
