@@ -226,3 +226,48 @@ def test_rejection_within_a_shared_bin() -> None:
     statistic, dof = chi2(observed, weights / weights.sum())
     assert statistic < chi2_bound(dof)
     assert ShardedRandomSampler(200, np.tile([1.0, 3.0], 100))._table.exact
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_deferred_weighting_shuffles_before_from_epoch_and_draws_the_weighted_sequence_after(world_size: int) -> None:
+    """``from_epoch=2``: epochs 0-1 are the unweighted sampler's permutations, epochs 2+ the weighted sampler's
+    draws, epoch by epoch and rank by rank (so a resume at any epoch draws what the uninterrupted run drew)."""
+    config = SamplerConfig.from_mapping({"scheme": "inverse", "from_epoch": 2})
+    assert config.from_epoch == 2
+    weights = sampling_weights(config, DatasetStatistics.from_labels(LABELS, 5), LABELS)
+    for rank in range(world_size):
+        shard = {"seed": 5, "rank": rank, "world_size": world_size, "block_size": 16}
+        deferred = ShardedRandomSampler(len(LABELS), weights, weighted_from_epoch=2, **shard)
+        plain = ShardedRandomSampler(len(LABELS), None, **shard)
+        weighted = ShardedRandomSampler(len(LABELS), weights, **shard)
+        assert [deferred.weighted_at(epoch) for epoch in range(4)] == [False, False, True, True]
+        for epoch in range(4):
+            reference = plain if epoch < 2 else weighted
+            np.testing.assert_array_equal(deferred.indices(epoch), reference.indices(epoch))
+        resumed = ShardedRandomSampler(len(LABELS), weights, weighted_from_epoch=2, **shard)
+        resumed.set_epoch(2)
+        assert list(resumed) == weighted.indices(2).tolist()
+    shuffled = np.bincount(LABELS.numpy()[ShardedRandomSampler(len(LABELS), weights, weighted_from_epoch=2,
+                                                               seed=5).indices(1)], minlength=5)
+    np.testing.assert_array_equal(shuffled, COUNTS)  # before the switch: every row once
+
+
+def test_deferred_weighting_epoch_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"data.sampler.from_epoch must be null or an integer >= 0, got -1"):
+        SamplerConfig(scheme="inverse", from_epoch=-1)
+    with pytest.raises(ValueError, match=r"weighted_from_epoch must be None or an integer >= 0, got 1.5"):
+        ShardedRandomSampler(10, np.ones(10), weighted_from_epoch=1.5)
+
+
+def test_the_datamodule_hands_from_epoch_to_its_sampler_and_the_module(write_manifest) -> None:
+    from tailsweep.data.datamodule import TailDataModule
+
+    rows = [(f"img/{k}.png", int(k % 4 == 0), "train" if k < 8 else "val" if k < 10 else "test") for k in range(12)]
+    path = write_manifest(("path", "label", "split"), rows)
+    deferred = TailDataModule(str(path), num_classes=2, batch_size=4, sampler={"scheme": "inverse", "from_epoch": 2})
+    deferred.setup("fit")
+    assert deferred.train_sampler().weighted_from_epoch == 2 and deferred.sampling_from_epoch == 2
+    assert deferred.sampling_shift is not None
+    plain = TailDataModule(str(path), num_classes=2, batch_size=4, sampler={"from_epoch": 2})
+    plain.setup("fit")
+    assert plain.sampling_from_epoch is None  # nothing to defer without weights

@@ -82,10 +82,13 @@ def call(loss: TailLoss, outputs: torch.Tensor, target: torch.Tensor, group_id: 
     return loss(outputs, target)
 
 
-def fit_constant_logits(loss: TailLoss, targets: torch.Tensor, width: int, max_iter: int = 100) -> torch.Tensor:
+def fit_constant_logits(loss: TailLoss, targets: torch.Tensor, width: int, max_iter: int = 100,
+                        initial: torch.Tensor | None = None) -> torch.Tensor:
     """The one row of float64 logits ``[width]`` that minimises ``loss`` when predicted for every target (L-BFGS
-    from zeros): the loss's optimum for a model that cannot see the input, to compare with the prior it implies."""
-    logits = torch.zeros(1, width, dtype=torch.float64, requires_grad=True)
+    from zeros, or from ``initial``: a cumulative link needs ordered cutpoints): the loss's optimum for a model that
+    cannot see the input, to compare with the prior it implies."""
+    start = torch.zeros(width, dtype=torch.float64) if initial is None else initial.to(torch.float64)
+    logits = start.reshape(1, width).clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([logits], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:

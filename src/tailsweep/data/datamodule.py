@@ -127,7 +127,8 @@ class TailDataModule(L.LightningDataModule):
     Loading: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``drop_last`` (training).
 
     Sampling: ``sampler`` (a ``SamplerConfig`` mapping: ``scheme``, ``beta``, ``power``, ``explicit``,
-    ``multilabel_reduction``, ``negative_weight``, ``num_samples``) and ``seed`` (the same on every rank).
+    ``multilabel_reduction``, ``negative_weight``, ``num_samples``, ``from_epoch``: plain shuffles before it) and
+    ``seed`` (the same on every rank).
 
     ``generator`` names the embedded dataset's generator, for the message when the manifest is missing.
     """
@@ -386,7 +387,8 @@ class TailDataModule(L.LightningDataModule):
                                        world_size=world_size, block_size=self.hparams.batch_size,
                                        on_epoch=lambda epoch: flips.reseed(self.seed * 1_000_003 + epoch),
                                        on_skip=lambda start: flips.skip(start // self.hparams.batch_size,
-                                                                        self.hparams.batch_size))
+                                                                        self.hparams.batch_size),
+                                       weighted_from_epoch=self.sampler_config.from_epoch)
         trainer = self.trainer
         if trainer is not None and trainer.training:
             # Lightning sets the epoch only after the loader's first iterator exists, which on resume already drew
@@ -422,6 +424,12 @@ class TailDataModule(L.LightningDataModule):
         if self._train_weights is None:
             return None
         return sampling_shift(self.statistics, self._train_weights, self.split("train").targets)
+
+    @property
+    def sampling_from_epoch(self) -> int | None:
+        """The epoch from which the training sampler draws with its weights (``sampler.from_epoch``; None: from
+        the start, or no weighted sampling): the module's correction undoes ``sampling_shift`` from then on."""
+        return None if self._train_weights is None else self.sampler_config.from_epoch
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

@@ -56,6 +56,9 @@ class SamplerConfig:
         negative_weight: weight of a multi-label row without any positive, in the units of the label weights
             (which have mean 1). ``None``: treat "no positive" as one more class of the scheme.
         num_samples: draws per epoch over all ranks; ``None``: the size of the training split.
+        from_epoch: deferred re-sampling: the epochs before it are plain seeded shuffles (every row once), the
+            weighted draws start at this epoch; ``None``: weighted from the start. A function of the epoch number,
+            so a resumed run draws what the uninterrupted one did.
     """
 
     scheme: str = "none"
@@ -65,6 +68,7 @@ class SamplerConfig:
     multilabel_reduction: str = "mean"
     negative_weight: float | None = None
     num_samples: int | None = None
+    from_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.num_samples, float) and self.num_samples.is_integer():
@@ -76,6 +80,8 @@ class SamplerConfig:
                              f"got {self.multilabel_reduction!r}")
         if self.num_samples is not None and not (_is_count(self.num_samples) and self.num_samples >= 1):
             raise ValueError(f"data.sampler.num_samples must be >= 1 (an integer) or null, got {self.num_samples!r}")
+        if self.from_epoch is not None and not (_is_count(self.from_epoch) and self.from_epoch >= 0):
+            raise ValueError(f"data.sampler.from_epoch must be null or an integer >= 0, got {self.from_epoch!r}")
         if self.scheme == "explicit" and not self.explicit:
             raise ValueError("data.sampler.explicit must list one weight per class for scheme 'explicit'")
         if self.negative_weight is not None and not 0 <= self.negative_weight < math.inf:
@@ -262,6 +268,8 @@ class ShardedRandomSampler(Sampler[int]):
         block_size: consecutive positions of the global sequence a rank takes at a time (see above).
         chunk_size: positions drawn per generator, at most; the sequence depends on it, on ``num_samples``
             (through the chunk size of small epochs), the seed and the epoch, never on ``world_size``.
+        weighted_from_epoch: with weights, the first epoch that draws with them; the epochs before it are the
+            permutations an unweighted sampler would give (``None``: weighted from epoch 0).
     """
 
     def __init__(
@@ -277,6 +285,7 @@ class ShardedRandomSampler(Sampler[int]):
         on_epoch: Callable[[int], None] | None = None,
         block_size: int | None = None,
         on_skip: Callable[[int], None] | None = None,
+        weighted_from_epoch: int | None = None,
     ) -> None:
         if not (_is_count(num_items) and num_items >= 1):
             raise ValueError(f"ShardedRandomSampler: num_items must be >= 1 (an integer), got {num_items!r}")
@@ -297,6 +306,10 @@ class ShardedRandomSampler(Sampler[int]):
         self.shard_size = math.ceil(self.num_samples / world_size)
         self.block_size = min(max(int(block_size or self.shard_size), 1), self.shard_size)
         self._table = _CompositionTable(weights) if weights is not None else None
+        if weighted_from_epoch is not None and not (_is_count(weighted_from_epoch) and weighted_from_epoch >= 0):
+            raise ValueError(f"ShardedRandomSampler: weighted_from_epoch must be None or an integer >= 0, got "
+                             f"{weighted_from_epoch!r}")
+        self.weighted_from_epoch = weighted_from_epoch
         self.epoch = 0
         self._epoch_was_set = False
         self._iterated = False
@@ -375,8 +388,12 @@ class ShardedRandomSampler(Sampler[int]):
         begin = self.rank * self.shard_size
         yield from self._slice_chunks(epoch, begin, begin + self.shard_size)
 
+    def weighted_at(self, epoch: int) -> bool:
+        """True when ``epoch`` draws with the weights (False: a seeded permutation)."""
+        return self._table is not None and (self.weighted_from_epoch is None or epoch >= self.weighted_from_epoch)
+
     def _slice_chunks(self, epoch: int, begin: int, end: int) -> Iterator[np.ndarray]:
-        if self._table is None:
+        if not self.weighted_at(epoch):
             yield self._permutation_slice(epoch, begin, end)
             return
         for chunk in range(begin // self.chunk_size, math.ceil(end / self.chunk_size)):

@@ -144,6 +144,13 @@ class TailLoss(nn.Module):
         """
         return None
 
+    def uncorrected_reason(self) -> str | None:
+        """Why the probabilities this loss fits are bent in a way ``prior_shift`` cannot undo (a weighting whose
+        optimum is not a reweighted posterior), or None. The module warns with it when ``prior_correction`` is
+        on: the reported probabilities then stay as fitted (only the shift that ``prior_shift`` gives, if any,
+        is undone)."""
+        return None
+
     # ------------------------------------------------------------------ helpers for subclasses
     def reduce(self, per_sample: Tensor, valid: Tensor | None = None) -> Tensor:
         """Apply ``self.reduction`` to a per-sample loss vector (``valid``: mask of the samples that count)."""

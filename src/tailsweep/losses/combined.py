@@ -67,6 +67,16 @@ class WeightedSumLoss(TailLoss):
             member.receive(statistics)
             member.parametrization = self.parametrization  # the one started at the prior
 
+    def uncorrected_reason(self) -> str | None:
+        """Why the sum's probabilities are not corrected, when a member bends them (a member with a
+        ``prior_shift`` or its own reason)."""
+        bent = [key for key, member in self.terms.items()
+                if member.prior_shift() is not None or member.uncorrected_reason() is not None]
+        if not bent:
+            return None
+        return (f"{self.name}: member(s) {bent} weight their classes, which a sum of losses does not undo (no "
+                f"closed-form shift); reported probabilities stay as fitted")
+
     def on_epoch_start(self, epoch: int) -> None:
         for member in self.terms.values():
             member.on_epoch_start(epoch)

@@ -19,12 +19,14 @@ WeightSpec = str | Sequence[float] | None
 
 
 class WeightedClassLoss(ClassWeightedMixin, ClassTargetLoss):
-    """A class-target loss with optional per-class weights from a scheme (see ``losses.weights``)."""
+    """A class-target loss with optional per-class weights from a scheme (see ``losses.weights``), deferred to
+    epoch ``reweight_from_epoch`` when it is set (weights 1 before it, as LDAM-DRW)."""
 
     def __init__(self, class_weights: WeightSpec = "none", *, beta: float = 0.999, power: float = 0.5,
-                 ignore_index: int | None = -100, reduction: str = "mean") -> None:
+                 reweight_from_epoch: int | None = None, ignore_index: int | None = -100,
+                 reduction: str = "mean") -> None:
         super().__init__(reduction, ignore_index)
-        self.init_class_weights(class_weights, beta=beta, power=power)
+        self.init_class_weights(class_weights, beta=beta, power=power, reweight_from_epoch=reweight_from_epoch)
 
     def receive(self, statistics: DatasetStatistics) -> None:
         super().receive(statistics)
@@ -41,8 +43,10 @@ class CrossEntropyLoss(WeightedClassLoss):
     """
 
     def __init__(self, class_weights: WeightSpec = "none", *, beta: float = 0.999, power: float = 0.5,
-                 label_smoothing: float = 0.0, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(class_weights, beta=beta, power=power, ignore_index=ignore_index, reduction=reduction)
+                 label_smoothing: float = 0.0, reweight_from_epoch: int | None = None,
+                 ignore_index: int | None = -100, reduction: str = "mean") -> None:
+        super().__init__(class_weights, beta=beta, power=power, reweight_from_epoch=reweight_from_epoch,
+                         ignore_index=ignore_index, reduction=reduction)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"{self.name}: label_smoothing must lie in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
@@ -64,8 +68,10 @@ class FocalLoss(WeightedClassLoss):
     """
 
     def __init__(self, gamma: float = 2.0, alpha: WeightSpec = None, *, beta: float = 0.999, power: float = 0.5,
-                 ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(alpha, beta=beta, power=power, ignore_index=ignore_index, reduction=reduction)
+                 reweight_from_epoch: int | None = None, ignore_index: int | None = -100,
+                 reduction: str = "mean") -> None:
+        super().__init__(alpha, beta=beta, power=power, reweight_from_epoch=reweight_from_epoch,
+                         ignore_index=ignore_index, reduction=reduction)
         if gamma < 0:
             raise ValueError(f"{self.name}: gamma must be >= 0, got {gamma}")
         self.gamma = gamma
@@ -87,6 +93,12 @@ class FocalLoss(WeightedClassLoss):
     def prior_shift(self) -> Tensor | None:
         """None: the focal term has no closed-form effect on the optimum."""
         return None
+
+    def uncorrected_reason(self) -> str | None:
+        if not self.weighted:
+            return None
+        return (f"{self.name}: alpha={self.weight_spec!r} is not undone by the prior correction: the focal term "
+                f"has no closed-form effect on the optimum; reported probabilities stay as fitted")
 
 
 class LogitAdjustedLoss(ClassTargetLoss):

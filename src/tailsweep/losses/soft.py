@@ -59,11 +59,12 @@ class SoftCrossEntropyLoss(ClassWeightedMixin, TailLoss):
     tasks: ClassVar[frozenset[str]] = CLASS_TASKS - HARD_LABEL_TASKS  # soft
 
     def __init__(self, class_weights: str | Sequence[float] | None = "none", count_by: str = "mass", *,
-                 beta: float = 0.999, power: float = 0.5, tolerance: float = 1e-3, reduction: str = "mean") -> None:
+                 beta: float = 0.999, power: float = 0.5, reweight_from_epoch: int | None = None,
+                 tolerance: float = 1e-3, reduction: str = "mean") -> None:
         super().__init__(reduction)
         if count_by not in COUNT_BY:
             raise ValueError(f"{self.name}: count_by must be one of {COUNT_BY}, got {count_by!r}")
-        self.init_class_weights(class_weights, beta=beta, power=power)
+        self.init_class_weights(class_weights, beta=beta, power=power, reweight_from_epoch=reweight_from_epoch)
         self.count_by = count_by
         self.tolerance = tolerance
 

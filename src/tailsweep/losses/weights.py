@@ -13,8 +13,8 @@ from torch import Tensor
 
 from tailsweep.data.weighting import INVERSE_SCHEMES, WEIGHT_SCHEMES, class_weights
 
-__all__ = ["INVERSE_SCHEMES", "WEIGHT_SCHEMES", "ClassWeightedMixin", "check_weight_spec", "class_weights",
-           "resolve_class_weights"]
+__all__ = ["INVERSE_SCHEMES", "WEIGHT_SCHEMES", "ClassWeightedMixin", "check_reweight_epoch", "check_weight_spec",
+           "class_weights", "resolve_class_weights"]
 
 def resolve_class_weights(
     loss_name: str,
@@ -56,30 +56,56 @@ def check_weight_spec(loss_name: str, spec: str | Sequence[float] | None) -> str
                          f"got {spec!r}") from None
 
 
+def check_reweight_epoch(loss_name: str, epoch: int | None) -> int | None:
+    """Validate ``reweight_from_epoch`` (None: weights from the start, or an epoch number >= 0)."""
+    if epoch is None:
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"{loss_name}: reweight_from_epoch must be null or an integer >= 0, got {epoch!r}")
+    return epoch
+
+
 class ClassWeightedMixin:
     """Per-class weights from a scheme, for ``TailLoss`` subclasses: bound from training counts, kept as a buffer.
 
     The subclass calls ``init_class_weights`` in ``__init__`` and ``bind_class_weights(counts)`` in ``receive``; the
     loss then reads ``weight_on(like)`` in ``forward`` and reports ``prior_shift() = log w`` for the correction.
+
+    Deferred re-weighting (``reweight_from_epoch=E``, as LDAM-DRW, Cao et al. 2019): the weights are 1 in the
+    epochs before ``E`` and ``w`` from epoch ``E`` on. The switch is a function of the epoch number alone
+    (``on_epoch_start(epoch)``, called by the module at every training epoch and after a checkpoint is loaded),
+    so a resumed run weights every epoch as the uninterrupted run did. ``prior_shift`` follows the weights in
+    force: None (nothing to undo) before ``E``. A loss that was never told an epoch is at epoch 0.
     """
 
-    def init_class_weights(self, spec: str | Sequence[float] | None, *, beta: float, power: float) -> None:
+    def init_class_weights(self, spec: str | Sequence[float] | None, *, beta: float, power: float,
+                           reweight_from_epoch: int | None = None) -> None:
         self.weight_spec = check_weight_spec(self.name, spec)
         self.beta = beta
         self.power = power
+        # read at bind: a loss whose own ``power`` means something else (unimodal's exponent) may overwrite it
+        self.weight_beta, self.weight_power = beta, power
+        self.reweight_from_epoch = check_reweight_epoch(self.name, reweight_from_epoch)
+        self.weights_in_force = self.reweight_from_epoch is None or self.reweight_from_epoch <= 0
         self.register_buffer("class_weight", None, persistent=False)
 
     @property
     def weighted(self) -> bool:
         return self.weight_spec not in (None, "none")
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Switch the class weights on at ``reweight_from_epoch`` (off before it)."""
+        super().on_epoch_start(epoch)  # type: ignore[misc]
+        self.weights_in_force = self.reweight_from_epoch is None or epoch >= self.reweight_from_epoch
+
     def bind_class_weights(self, counts: Tensor) -> None:
-        self.class_weight = resolve_class_weights(self.name, self.weight_spec, counts, beta=self.beta,
-                                                  power=self.power)
+        self.class_weight = resolve_class_weights(self.name, self.weight_spec, counts, beta=self.weight_beta,
+                                                  power=self.weight_power)
 
     def weight_on(self, like: Tensor) -> Tensor | None:
-        """The class weights on ``like``'s device (None when unweighted); a clear error if never bound."""
-        if not self.weighted:
+        """The class weights in force on ``like``'s device (None when unweighted, or before
+        ``reweight_from_epoch``); a clear error if never bound."""
+        if not self.weighted or not self.weights_in_force:
             return None
         if self.class_weight is None:
             raise RuntimeError(f"{self.name}: class_weights={self.weight_spec!r} needs the training-split counts; "
@@ -87,5 +113,8 @@ class ClassWeightedMixin:
         return self.buffer_on("class_weight", like)
 
     def prior_shift(self) -> Tensor | None:
-        """``log w_c``: a class weight multiplies the fitted odds of its class by ``w_c``."""
-        return None if self.class_weight is None else self.class_weight.log()
+        """``log w_c`` of the weights in force: a class weight multiplies the fitted odds of its class by
+        ``w_c`` (None before ``reweight_from_epoch``)."""
+        if self.class_weight is None or not self.weights_in_force:
+            return None
+        return self.class_weight.log()

@@ -14,8 +14,10 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
     """Instantiate ``cfg.loss`` and ``cfg.model`` with the training split's statistics and the sampler's shift.
 
     ``datamodule.setup()`` must have run (it validates the data and computes the statistics); a datamodule
-    without weighted sampling (or without a ``sampling_shift``) gives no sampler shift.
+    without weighted sampling (or without a ``sampling_shift``) gives no sampler shift; ``sampling_from_epoch``
+    (``data.sampler.from_epoch``) says from which epoch the sampler's shift is in force.
     """
     model_cfg = defer_metric_targets(cfg.model)  # metric _target_ entries get the number of classes from the module
     return instantiate(model_cfg, loss=instantiate(cfg.loss), statistics=datamodule.statistics,
-                       sample_shift=getattr(datamodule, "sampling_shift", None))
+                       sample_shift=getattr(datamodule, "sampling_shift", None),
+                       sample_shift_from_epoch=getattr(datamodule, "sampling_from_epoch", None))

@@ -13,6 +13,13 @@ with ``s`` the shift training caused (the loss's ``prior_shift()``, e.g. ``log w
 the datamodule exposes as ``sampling_shift``) and ``t`` an optional move to another target prior
 (``uniform``: the balanced posterior). The same formula holds for every parametrization (softmax, CORAL, CORN,
 cumulative link), since it acts on class probabilities.
+
+Which weightings have such a shift: a label weight ``w_y`` on a proper scoring rule or a likelihood (CE, RPS,
+squared EMD, CLM, CORN, CORAL) moves the optimum to ``p_w(y) ∝ w_y p(y)``, so ``s = log w``. Where the weighted
+optimum is not a reweighted posterior (expected-value L1/L2: a point estimate; CDW-CE; SORD / unimodal soft
+targets: a mixture of soft rows; CORAL / CORN task weights; focal ``alpha``; a sum of losses) the loss's
+``prior_shift`` is None and its ``uncorrected_reason`` says why: the module warns once and reports those
+probabilities as fitted (a sampler's shift is still undone).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ become class probabilities; every metric sees probabilities only, so any loss ca
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from tailsweep.models.calibration import PriorCorrection
 from tailsweep.models.posthoc import TemperatureScaling
 
 NONFINITE_POLICIES = ("raise", "skip")
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,9 +55,20 @@ class TailClassifier(L.LightningModule):
         max_group_size: most members a group can have (sizes the group-sum distribution metrics); None = the
             largest group of the training split.
         prior_correction: report probabilities corrected for what class weights and weighted sampling did to
-            them (``models/calibration.py``); the raw ones are then logged too, under ``<stage>/raw/``.
+            them (``models/calibration.py``); the raw ones are then logged too, under ``<stage>/raw/``. A loss
+            whose weighting cannot be undone (``loss.uncorrected_reason()``: expected-value, CDW-CE, soft-target
+            losses with class weights) is warned about once, here; its probabilities are reported as fitted
+            (minus the sampler's shift, which is still undone).
         target_prior: ``train`` (the data's prior) or ``uniform`` (balanced posterior) for the correction.
         sample_shift: log-space shift of the weighted sampler (the datamodule's ``sampling_shift``).
+        sample_shift_from_epoch: the epoch from which the sampler draws with its weights (the datamodule's
+            ``sampling_from_epoch``, ``data.sampler.from_epoch``); None: from the start.
+
+    Deferred re-weighting (``loss.reweight_from_epoch``, ``data.sampler.from_epoch``): the correction follows the
+    weights in force. At every training epoch (and when a checkpoint is loaded, from its epoch) the loss is told
+    the epoch and the correction is recomputed from the loss's ``prior_shift()`` and, from
+    ``sample_shift_from_epoch`` on, the sampler's shift; both are functions of the epoch number alone, so a
+    resumed run corrects as the uninterrupted one did. A module that never saw an epoch is at epoch 0.
     """
 
     def __init__(
@@ -75,6 +88,7 @@ class TailClassifier(L.LightningModule):
         prior_correction: bool = True,
         target_prior: str = "train",
         sample_shift: Tensor | None = None,
+        sample_shift_from_epoch: int | None = None,
     ) -> None:
         super().__init__()
         if nonfinite_loss not in NONFINITE_POLICIES:
@@ -92,8 +106,17 @@ class TailClassifier(L.LightningModule):
         self.class_names = statistics.class_names  # for the axes of the prediction plots
         self.backbone = torch.compile(backbone) if compile else backbone
         self.head = self.parametrization.make_head(backbone.num_features, statistics.num_classes)
-        self.correction = PriorCorrection.build(statistics, self.loss.prior_shift(), sample_shift, target_prior)
-        self.report_raw = prior_correction and self.correction.active
+        self._statistics = statistics
+        self._sample_shift = sample_shift
+        self.correction = PriorCorrection.build(statistics, self.loss.prior_shift(), self._sample_shift_at(0),
+                                                target_prior)
+        deferred = (getattr(self.loss, "reweight_from_epoch", None) is not None
+                    or (sample_shift is not None and sample_shift_from_epoch is not None))
+        # raw metrics when the correction changes the probabilities in some epoch (not only in epoch 0)
+        self.report_raw = prior_correction and (self.correction.active or deferred)
+        reason = self.loss.uncorrected_reason()
+        if prior_correction and reason:
+            log.warning("%s", reason)
         # post-hoc calibration after the prior correction: the identity until fitted on val (models/posthoc.py)
         self.posthoc = TemperatureScaling(statistics.task)
         self.optimizer_factory = optimizer
@@ -131,8 +154,28 @@ class TailClassifier(L.LightningModule):
         reported = self.correction(raw) if self.hparams.prior_correction else raw
         return raw, self.posthoc(reported)
 
+    def _sample_shift_at(self, epoch: int) -> Tensor | None:
+        """The sampler's shift if its weights are in force at ``epoch`` (None before ``sample_shift_from_epoch``)."""
+        start = self.hparams.sample_shift_from_epoch
+        return self._sample_shift if start is None or epoch >= start else None
+
+    def enter_epoch(self, epoch: int) -> None:
+        """Put the loss's weights and the prior correction in the state of training epoch ``epoch``."""
+        self.loss.on_epoch_start(epoch)
+        fresh = PriorCorrection.build(self._statistics, self.loss.prior_shift(), self._sample_shift_at(epoch),
+                                      self.hparams.target_prior)
+        with torch.no_grad():  # in place: the buffer stays the one DDP and the state dict know
+            self.correction.offset.copy_(fresh.offset.to(self.correction.offset.device))
+        self.correction.active = fresh.active
+
     def on_train_epoch_start(self) -> None:
-        self.loss.on_epoch_start(self.current_epoch)
+        self.enter_epoch(self.current_epoch)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the weights in force in the epoch the checkpoint was saved in (evaluation; a resumed fit then enters the
+        # next epoch in on_train_epoch_start)
+        if checkpoint.get("epoch") is not None:
+            self.enter_epoch(int(checkpoint["epoch"]))
 
     def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         outputs = self(batch["image"])
