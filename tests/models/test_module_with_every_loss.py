@@ -82,7 +82,7 @@ def test_loss_trains_and_scores_through_the_module(name: str, task: str, c: int)
 
 
 @pytest.mark.parametrize(("name", "task"), [("corn", "multilabel"), ("bce", "ordinal"), ("soft_ce", "multiclass"),
-                                            ("rps", "soft")])
+                                            ("ev_l1", "soft")])
 def test_a_loss_that_does_not_fit_the_task_fails_listing_what_it_supports(name: str, task: str) -> None:
     with pytest.raises(ValueError, match=r"does not fit task .* it supports"):
         _module(name, task, 4)

@@ -29,10 +29,15 @@ from torch import Tensor
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Coral, Corn, CumulativeLink, Parametrization, compute_dtype
 from tailsweep.heads.parametrizations import interval_log_probability
-from tailsweep.losses.base import ClassTargetLoss
+from tailsweep.losses.base import ClassTargetLoss, checks_enabled
 from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
+from tailsweep.losses.soft import check_soft_target
 from tailsweep.losses.weights import ClassWeightedMixin
 from tailsweep.tasks import ORDINAL_TASKS
+
+SOFT_TASKS = frozenset({"soft"})
+#: rows of soft ordinal targets must sum to 1 within this (as the soft losses' default)
+SOFT_TARGET_TOLERANCE = 1e-3
 
 WeightSpec = str | Sequence[float] | None
 
@@ -122,7 +127,14 @@ class RankedProbabilityScoreLoss(OrdinalProbabilityLoss):
 
     Class weights: ``w_{y_n} RPS(p_n, y_n)``. The RPS is proper, so the weighted optimum is ``p_w(y) ∝ w_y p(y)``
     and ``prior_shift = log w``.
+
+    Soft ordinal targets (``data`` of task ``soft``: probability rows ``q_n`` over the ordered classes, as
+    dlordinal's ``EMDLoss`` takes them): ``RPS(p, q) = sum_i (F_p(i) - F_q(i))^2``, which for a one-hot row is
+    the label's RPS exactly. Rows are scored unweighted (a label weight has no row to attach to: class weights
+    with soft targets are refused at bind; weight rows with ``data.reader.weight_column`` or the sampler).
     """
+
+    tasks: ClassVar[frozenset[str]] = ORDINAL_TASKS | SOFT_TASKS
 
     def __init__(self, normalize: bool = False, *, class_weights: WeightSpec = "none", beta: float = 0.999,
                  power: float = 0.5, reweight_from_epoch: int | None = None, ignore_index: int | None = -100,
@@ -131,12 +143,29 @@ class RankedProbabilityScoreLoss(OrdinalProbabilityLoss):
                          power=power, reweight_from_epoch=reweight_from_epoch)
         self.normalize = normalize
 
+    def receive(self, statistics: DatasetStatistics) -> None:
+        if statistics.task in SOFT_TASKS and self.weighted:
+            raise ValueError(f"{self.name}: class_weights={self.weight_spec!r} need integer labels; soft ordinal "
+                             f"targets are scored unweighted (loss.class_weights=none; weight rows with "
+                             f"data.reader.weight_column or data.sampler instead)")
+        super().receive(statistics)
+
     def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        if target.dtype.is_floating_point and target.ndim == 2:
+            num_classes, per_sample = self.soft_cdf_squared_error(probabilities, target)
+            return self.reduce(per_sample / (num_classes - 1) if self.normalize else per_sample)
         num_classes, labels, valid = self.prepare_probabilities(probabilities, target)
         per_sample = cdf_squared_error(probabilities, labels)
         if self.normalize:
             per_sample = per_sample / (num_classes - 1)
         return self.finish_weighted(per_sample, labels, valid)
+
+    def soft_cdf_squared_error(self, probabilities: Tensor, target: Tensor) -> tuple[int, Tensor]:
+        """C and ``sum_i (F_p(i) - F_q(i))^2`` per row for probability rows ``target [B, C]`` (checked)."""
+        num_classes = self.size_for(probabilities.shape[1], tuple(probabilities.shape))
+        check_soft_target(self.name, probabilities, target, SOFT_TARGET_TOLERANCE, values=checks_enabled(self))
+        gap = probabilities.cumsum(-1) - target.to(probabilities.dtype).cumsum(-1)
+        return num_classes, gap[:, :-1].square().sum(-1)
 
 
 class SquaredEMDLoss(RankedProbabilityScoreLoss):
@@ -157,6 +186,9 @@ class SquaredEMDLoss(RankedProbabilityScoreLoss):
                          parametrization=parametrization)
 
     def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
+        if target.dtype.is_floating_point and target.ndim == 2:
+            num_classes, per_sample = self.soft_cdf_squared_error(probabilities, target)
+            return self.reduce(per_sample / num_classes)
         num_classes, labels, valid = self.prepare_probabilities(probabilities, target)
         return self.finish_weighted(cdf_squared_error(probabilities, labels) / num_classes, labels, valid)
 
