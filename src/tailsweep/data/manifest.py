@@ -312,8 +312,9 @@ def _image_paths(table: _Table, column: str, base: str) -> ImagePaths:
     """``normpath(join(base, cell.strip()))`` of every path cell; an empty cell is named with its row.
 
     A plain relative cell (no surrounding whitespace, no leading ``/`` or ``.``, no ``//`` or ``/.`` inside, no
-    trailing ``/``) has nothing for ``normpath`` to change: it is appended to the normalised base in Arrow. Only
-    the other cells (``./a.png``, ``img//a.png``, `` a.png ``, absolute paths) go through Python's ``os.path``.
+    trailing ``/``) has nothing for ``normpath`` to change: the path is the normalised base (kept once, as the
+    ``ImagePaths`` prefix) followed by the cell as it is. Only the other cells (``./a.png``, ``img//a.png``,
+    `` a.png ``, absolute paths) go through Python's ``os.path``.
     """
     cells = table.column(column, "the image path column (data.reader.path_column)")
     if os.sep != "/" or os.altsep is not None:  # Windows: backslashes and drive letters; os.path per row
@@ -321,30 +322,36 @@ def _image_paths(table: _Table, column: str, base: str) -> ImagePaths:
     else:
         slow = np.zeros(len(cells), dtype=bool)
         for test in (pc.equal(cells, ""), pc.starts_with(cells, "/"), pc.starts_with(cells, "."),
-                     pc.ends_with(cells, "/"), pc.match_substring(cells, "//"), pc.match_substring(cells, "/."),
-                     pc.match_substring_regex(cells, _EDGE_WHITESPACE)):
-            slow |= np.asarray(test.to_numpy(), dtype=bool)
+                     pc.ends_with(cells, "/"), pc.match_substring(cells, "//"), pc.match_substring(cells, "/.")):
+            slow |= _bools(test)
+        slow |= _edge_whitespace(cells)
     prefix = os.path.normpath(base)
     prefix = "" if prefix == "." else prefix if prefix.endswith("/") else prefix + "/"
-    joined = pc.binary_join_element_wise(prefix, cells, "").combine_chunks()
     rows = np.flatnonzero(slow)
-    if rows.size:
-        stripped = [cell.strip() for cell in pc.take(cells, pa.array(rows)).to_pylist()]
-        if not all(stripped):
-            raise table.fail(int(rows[stripped.index("")]), column, "must be an image path, got an empty cell")
-        fixed = pa.array([os.path.normpath(os.path.join(base, cell)) for cell in stripped], type=joined.type)
-        joined = pc.replace_with_mask(joined, pa.array(slow), fixed)
-    return ImagePaths(joined)
+    if not rows.size:
+        return ImagePaths(cells, prefix)
+    stripped = [cell.strip() for cell in pc.take(cells, pa.array(rows)).to_pylist()]
+    if not all(stripped):
+        raise table.fail(int(rows[stripped.index("")]), column, "must be an image path, got an empty cell")
+    fixed = [os.path.normpath(os.path.join(base, cell)) for cell in stripped]
+    if not all(path.startswith(prefix) for path in fixed):  # a path outside the manifest's folder: no prefix
+        relative = pc.binary_join_element_wise(prefix, cells, "").combine_chunks() if prefix else \
+            cells.combine_chunks()
+        prefix = ""
+    else:
+        relative, fixed = cells.combine_chunks(), [path[len(prefix):] for path in fixed]
+    return ImagePaths(pc.replace_with_mask(relative, pa.array(slow), pa.array(fixed, type=relative.type)), prefix)
 
 
 def _check_unique_paths(table: _Table, paths: ImagePaths, column: str) -> None:
     """Each image once: a path in two splits leaks the image from training into evaluation, and two rows of one
     image (one label each) would teach the model that each row's other labels are absent."""
-    if pc.count_distinct(paths.arrow).as_py() == len(paths):
+    if paths.all_distinct():
         return
     # distinct values come in order of first appearance: a row repeats an earlier one when its code is not above
     # every code before it
-    codes = pc.index_in(paths.arrow, value_set=pc.unique(paths.arrow)).to_numpy()
+    whole = paths.arrow
+    codes = pc.index_in(whole, value_set=pc.unique(whole)).to_numpy()
     seen = np.maximum.accumulate(codes)
     index = int(np.flatnonzero(codes[1:] <= seen[:-1])[0]) + 1
     first = _first_row(codes, int(codes[index]))
@@ -368,9 +375,7 @@ def check_image_files(manifest: Manifest) -> None:
 
 # --------------------------------------------------------------------------------------------------- tables
 #: every character Python's ``str.strip()`` removes; a cell starting or ending with one is stripped in Python
-_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
-_WS_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _WHITESPACE) + "]"
-_EDGE_WHITESPACE = f"^{_WS_CLASS}|{_WS_CLASS}$"
+_WHITESPACE = tuple(chr(c) for c in range(0x110000) if chr(c).isspace())
 #: a number both Arrow's parser and Python's ``float`` read, to the same (correctly rounded) double
 _PLAIN_DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _PLAIN_INTEGER = r"^[+-]?[0-9]+$"
@@ -539,6 +544,22 @@ def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(text.tolist(), type=pa.string())])
 
 
+def _edge_whitespace(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Per cell: does it start or end with a character ``str.strip()`` removes (Unicode whitespace, as Python
+    defines it)?"""
+    spaces = pa.array(_WHITESPACE, type=pa.string())
+    first = pc.is_in(pc.utf8_slice_codeunits(values, 0, 1), value_set=spaces)
+    last = pc.is_in(pc.utf8_slice_codeunits(values, -1), value_set=spaces)
+    return _bools(pc.or_(first, last))
+
+
+def _bools(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An Arrow boolean array (no nulls) as a writable numpy one."""
+    if isinstance(mask, pa.ChunkedArray):
+        return np.array(mask.to_numpy(), dtype=bool)
+    return np.array(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _cell(values: pa.ChunkedArray, index: int) -> str:
     """One cell's text, for a message."""
     return values[int(index)].as_py()
@@ -577,7 +598,7 @@ def _floats(values: pa.ChunkedArray) -> np.ndarray | None:
     """Python's ``float()`` of every cell, or None when one is not a number. Plain decimals (``0.25``, ``1e-3``)
     go through Arrow's parser, which rounds as Python does; the others (spaces, ``inf``, ``1_0``) through
     ``float`` itself."""
-    plain = np.array(pc.match_substring_regex(values, _PLAIN_DECIMAL).to_numpy(), dtype=bool)
+    plain = _bools(pc.match_substring_regex(values, _PLAIN_DECIMAL))
     out = np.empty(len(values), dtype=np.float64)
     try:
         out[plain] = pc.cast(pc.filter(values, pa.array(plain)), pa.float64()).to_numpy()
@@ -798,12 +819,11 @@ def _read_groups(table: _Table, column: str | None) -> Tensor:
     values = table.column(column, "the group column")
     distinct = pc.unique(values)  # in order of first appearance
     codes = pc.index_in(values, value_set=distinct).to_numpy()
-    edged = np.asarray(pc.match_substring_regex(distinct, _EDGE_WHITESPACE).to_numpy(zero_copy_only=False), bool)
+    edged = _edge_whitespace(distinct)
     texts = distinct.to_pylist()
     for k in np.flatnonzero(edged):  # " 7" is group 7
         texts[k] = texts[k].strip()
-    missing_text = np.array([t == "" for t in texts], dtype=bool) if edged.any() else \
-        np.asarray(pc.equal(distinct, "").to_numpy(zero_copy_only=False), dtype=bool)
+    missing_text = np.array([t == "" for t in texts], dtype=bool) if edged.any() else _bools(pc.equal(distinct, ""))
     missing = missing_text[codes]
     numbers = _group_numbers(texts, missing_text, int(missing.sum()))
     if numbers is not None:  # integer ids are kept
