@@ -73,6 +73,12 @@ class ImagePaths(Sequence[str]):
         kind = self._array.type
         return pc.binary_join_element_wise(pa.scalar(self.prefix, kind), self._array, pa.scalar("", kind))
 
+    @property
+    def buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, bytes): entry ``i`` (without the prefix) is ``bytes[offsets[i]:offsets[i + 1]]``, UTF-8; numpy
+        views of the Arrow buffers, read-only."""
+        return self._offsets, self._data
+
     def __len__(self) -> int:
         return len(self._array)
 

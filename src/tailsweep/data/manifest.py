@@ -19,6 +19,7 @@ import csv
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -316,15 +317,16 @@ def _image_paths(table: _Table, column: str, base: str) -> ImagePaths:
     ``ImagePaths`` prefix) followed by the cell as it is. Only the other cells (``./a.png``, ``img//a.png``,
     `` a.png ``, absolute paths) go through Python's ``os.path``.
     """
-    cells = table.column(column, "the image path column (data.reader.path_column)")
+    # one array (ImagePaths combines the chunks, with 64-bit offsets past 2 GB)
+    cells = ImagePaths(table.column(column, "the image path column (data.reader.path_column)")).arrow
     if os.sep != "/" or os.altsep is not None:  # Windows: backslashes and drive letters; os.path per row
         slow = np.ones(len(cells), dtype=bool)
     else:
-        slow = np.zeros(len(cells), dtype=bool)
-        for test in (pc.equal(cells, ""), pc.starts_with(cells, "/"), pc.starts_with(cells, "."),
-                     pc.ends_with(cells, "/"), pc.match_substring(cells, "//"), pc.match_substring(cells, "/.")):
-            slow |= _bools(test)
-        slow |= _edge_whitespace(cells)
+        slow = _edge_bytes(cells)
+        offsets, data = ImagePaths(cells).buffers  # "//", "/./", "/../" inside: found in the bytes by re
+        hits = [match.start() for match in re.finditer(rb"/[/.]", memoryview(data))]
+        if hits:
+            slow[np.searchsorted(offsets, np.asarray(hits), side="right") - 1] = True
     prefix = os.path.normpath(base)
     prefix = "" if prefix == "." else prefix if prefix.endswith("/") else prefix + "/"
     rows = np.flatnonzero(slow)
@@ -335,12 +337,29 @@ def _image_paths(table: _Table, column: str, base: str) -> ImagePaths:
         raise table.fail(int(rows[stripped.index("")]), column, "must be an image path, got an empty cell")
     fixed = [os.path.normpath(os.path.join(base, cell)) for cell in stripped]
     if not all(path.startswith(prefix) for path in fixed):  # a path outside the manifest's folder: no prefix
-        relative = pc.binary_join_element_wise(prefix, cells, "").combine_chunks() if prefix else \
-            cells.combine_chunks()
+        kind = cells.type
+        relative = pc.binary_join_element_wise(pa.scalar(prefix, kind), cells, pa.scalar("", kind))
         prefix = ""
     else:
-        relative, fixed = cells.combine_chunks(), [path[len(prefix):] for path in fixed]
+        relative, fixed = cells, [path[len(prefix):] for path in fixed]
     return ImagePaths(pc.replace_with_mask(relative, pa.array(slow), pa.array(fixed, type=relative.type)), prefix)
+
+
+def _edge_bytes(cells: pa.Array) -> np.ndarray:
+    """Per cell (one Arrow string array): is it empty, or does it start with whitespace, ``/`` or ``.``, or end with
+    whitespace or ``/``? Read from the first and last bytes; a cell starting or ending with a non-ASCII character
+    is checked against Python's Unicode whitespace by Arrow."""
+    offsets, data = ImagePaths(cells).buffers
+    empty = offsets[1:] == offsets[:-1]
+    if not len(data):
+        return empty
+    first = data[np.minimum(offsets[:-1], len(data) - 1)]
+    last = data[np.maximum(offsets[1:] - 1, 0)]
+    slow = empty | _SLOW_FIRST[first] | _SLOW_LAST[last]
+    wide = np.flatnonzero(~empty & ((first >= 0x80) | (last >= 0x80)))
+    if wide.size:
+        slow[wide] |= _edge_whitespace(cells.take(pa.array(wide)))
+    return slow
 
 
 def _check_unique_paths(table: _Table, paths: ImagePaths, column: str) -> None:
@@ -376,6 +395,11 @@ def check_image_files(manifest: Manifest) -> None:
 # --------------------------------------------------------------------------------------------------- tables
 #: every character Python's ``str.strip()`` removes; a cell starting or ending with one is stripped in Python
 _WHITESPACE = tuple(chr(c) for c in range(0x110000) if chr(c).isspace())
+#: first bytes of a path cell that send it through os.path: ASCII whitespace, "/" (absolute), "." (./, ../)
+_SLOW_FIRST = np.zeros(256, dtype=bool)
+_SLOW_FIRST[[ord(c) for c in _WHITESPACE if ord(c) < 128] + [ord("/"), ord(".")]] = True
+_SLOW_LAST = np.zeros(256, dtype=bool)  # last bytes: ASCII whitespace, "/" (a trailing slash)
+_SLOW_LAST[[ord(c) for c in _WHITESPACE if ord(c) < 128] + [ord("/")]] = True
 #: a number both Arrow's parser and Python's ``float`` read, to the same (correctly rounded) double
 _PLAIN_DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _PLAIN_INTEGER = r"^[+-]?[0-9]+$"
@@ -504,8 +528,10 @@ def _data_lines(path: Path) -> int:
     terminators, previous_cr, tail = 0, False, b""
     with path.open("rb") as handle:
         while block := handle.read(_BLOCK_BYTES):
-            crlf = block.count(b"\r\n") + (previous_cr and block.startswith(b"\n"))
-            terminators += block.count(b"\n") + block.count(b"\r") - crlf
+            terminators += block.count(b"\n")
+            if previous_cr or b"\r" in block:  # a lone \r ends a line too; \r\n ends one
+                crlf = block.count(b"\r\n") + (previous_cr and block.startswith(b"\n"))
+                terminators += block.count(b"\r") - crlf
             previous_cr = block.endswith(b"\r")
             tail = (tail + block[-4096:])[-4096:]
     body = tail.rstrip(b"\r\n")
@@ -592,6 +618,21 @@ def _parse_column(
             first = _first_row(codes, k)
             raise table.fail(first, column, f"must be {expected}, got {_cell(values, first)!r}") from None
     return parsed, codes
+
+
+def _plain_int64(values: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """Every cell as int64 when every cell is a plain decimal integer within int64 (``7``, ``-3``, ``007``: what
+    Python's ``int`` reads to the same value), else None (the caller parses the distinct values in Python)."""
+    try:
+        numbers = pc.cast(values, pa.int64())
+    except pa.ArrowInvalid:
+        return None
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    for chunk in chunks:  # Arrow also reads "0x10"; Python's int does not (any x in the bytes: parsed in Python)
+        data = chunk.buffers()[2]
+        if data is not None and re.search(rb"[xX]", memoryview(data)):
+            return None
+    return np.require(numbers.to_numpy(), requirements="W")
 
 
 def _floats(values: pa.ChunkedArray) -> np.ndarray | None:
@@ -711,6 +752,9 @@ def _read_classes(
     names: tuple[str, ...] | None,
 ) -> tuple[Tensor, tuple[str, ...] | None, int]:
     where = f"manifest {table.source}"
+    numbers = _plain_int64(values) if names is None else None
+    if numbers is not None:  # integer labels: checked on the array, no parsing in Python
+        return _check_class_indices(table, column, numbers, num_classes)
     distinct = sorted({v.strip() for v in pc.unique(values).to_pylist()})
     if names is None and num_classes is None and not all(_is_int(v) or _is_float_int(v) for v in distinct):
         if task == "ordinal":
@@ -740,6 +784,28 @@ def _read_classes(
         raise table.fail(_first_row(codes, bad[0]), column,
                          f"must lie in 0..{count - 1} (data.num_classes={count}), got {parsed[bad[0]]}")
     return torch.from_numpy(np.asarray(parsed, dtype=np.int64)[codes]), names, count
+
+
+def _check_class_indices(
+    table: _Table, column: str, labels: np.ndarray, num_classes: int | None
+) -> tuple[Tensor, None, int]:
+    """Integer labels (no class names): in ``0..num_classes-1``, or ``num_classes=auto``: ``0..max``, at most
+    ``MAX_INFERRED_CLASSES``. The first bad row is named with its value, as ``_read_classes`` does."""
+    where = f"manifest {table.source}"
+    if num_classes is None:
+        bad = np.flatnonzero((labels < 0) | (labels >= MAX_INFERRED_CLASSES))
+        if bad.size:
+            raise table.fail(int(bad[0]), column, f"must be a class index in 0..{MAX_INFERRED_CLASSES - 1} to infer "
+                             f"data.num_classes (or set data.num_classes), got {int(labels[bad[0]])}")
+        top = int(labels.max())
+        count = _check_num_classes(None, top + 1, where, f"labels 0..{top}")
+    else:
+        count = _check_num_classes(num_classes, num_classes, where, "data.num_classes")
+    bad = np.flatnonzero((labels < 0) | (labels >= count))
+    if bad.size:
+        raise table.fail(int(bad[0]), column,
+                         f"must lie in 0..{count - 1} (data.num_classes={count}), got {int(labels[bad[0]])}")
+    return torch.from_numpy(labels), None, count
 
 
 def _read_soft(table: _Table, columns: list[str], tolerance: float) -> Tensor:
@@ -817,6 +883,9 @@ def _read_groups(table: _Table, column: str | None) -> Tensor:
     if column is None or column not in table.header:
         return torch.arange(count)
     values = table.column(column, "the group column")
+    numbers = _plain_int64(values)
+    if numbers is not None:  # every row has an integer id: kept as it is
+        return torch.from_numpy(numbers)
     distinct = pc.unique(values)  # in order of first appearance
     codes = pc.index_in(values, value_set=distinct).to_numpy()
     edged = _edge_whitespace(distinct)
