@@ -241,6 +241,8 @@ def read_manifest(
                                options.split_seed)
     manifest = Manifest(path, task, num_classes, image_paths, targets, group_ids, splits, table.rows, weights,
                         names)
+    del table
+    pa.default_memory_pool().release_unused()  # the parsed table's memory back to the system (allocators keep it)
     if options.check_files:
         check_image_files(manifest)
     return manifest
