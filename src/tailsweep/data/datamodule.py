@@ -31,7 +31,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tailsweep.data.datasets import BatchCollate, ManifestImageDataset, check_image_headers
-from tailsweep.data.manifest import SPLITS, Manifest, ManifestError, ReaderOptions, read_manifest
+from tailsweep.data.manifest import SPLITS, Manifest, ManifestError, ReaderOptions
+from tailsweep.data.manifest_share import read_manifest_shared
 from tailsweep.data.samplers import OrderedShardSampler, SamplerConfig, ShardedRandomSampler, sampling_weights
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.data.transforms import TRANSFORMS, BatchTransform, build_sample_transform, resolve_normalization
@@ -244,8 +245,9 @@ class TailDataModule(L.LightningDataModule):
             raise ManifestError(f"{'image folder' if hp.root is not None else 'manifest'} {self.manifest_path} does "
                                 f"not exist: {how}.")
         options = {**vars(self.reader), "format": "folder" if hp.root is not None else self.reader.format}
-        manifest = read_manifest(self.manifest_path, task=self.task, num_classes=self.num_classes,
-                                 class_names=hp.class_names, loss_tasks=self.hints.loss_tasks, **options)
+        # under DDP the other ranks of this machine load local rank 0's parse of a large manifest (manifest_share)
+        manifest = read_manifest_shared(self.manifest_path, task=self.task, num_classes=self.num_classes,
+                                        class_names=hp.class_names, loss_tasks=self.hints.loss_tasks, **options)
         splits = {split: manifest.select(split) for split in SPLITS}
         for split, part in splits.items():
             if len(part) == 0:

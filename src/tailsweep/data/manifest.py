@@ -19,15 +19,19 @@ import csv
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
+from tailsweep.data.image_paths import ImagePaths
 from tailsweep.data.splits import SPLITS, assign_splits, row_strata
 from tailsweep.tasks import TASKS
 
@@ -52,7 +56,7 @@ class Manifest:
         source: the manifest file (or image folder).
         task: the target kind (see ``stats.TASKS``).
         num_classes: C classes, or L labels.
-        paths: absolute image paths.
+        paths: absolute image paths (``ImagePaths``, a sequence of ``str``; a tuple or list given is converted).
         targets: int64 ``[N]`` (multiclass/ordinal), float32 ``[N, C]`` rows summing to 1 (soft), int8
             ``[N, L]`` with 1/0/-1 (multilabel).
         group_ids: int64 ``[N]``; rows without a group have an id of their own.
@@ -65,13 +69,17 @@ class Manifest:
     source: Path
     task: str
     num_classes: int
-    paths: tuple[str, ...]
+    paths: ImagePaths
     targets: Tensor
     group_ids: Tensor
     splits: np.ndarray
     rows: np.ndarray
     weights: Tensor | None = None
     class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.paths, ImagePaths):
+            object.__setattr__(self, "paths", ImagePaths.from_strings(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -81,7 +89,7 @@ class Manifest:
         keep = np.flatnonzero(self.splits == split)
         index = torch.from_numpy(keep)
         return replace(
-            self, paths=tuple(self.paths[i] for i in keep), targets=self.targets[index],
+            self, paths=self.paths.take(keep), targets=self.targets[index],
             group_ids=self.group_ids[index], splits=self.splits[keep], rows=self.rows[keep],
             weights=None if self.weights is None else self.weights[index],
         )
@@ -165,7 +173,8 @@ def infer_task(table: _Table, reader: ReaderOptions, loss_tasks: Collection[str]
         if len(block) == 1:
             return block.pop()
         for name in _label_block(table, reader.label_columns):
-            if any(str(v).strip().lower() not in _MULTIHOT for v in np.unique(table.column(name, "a label column"))):
+            distinct = pc.unique(table.column(name, "a label column")).to_pylist()
+            if any(v.strip().lower() not in _MULTIHOT for v in distinct):
                 return "soft"
         return "multilabel"
     if tasks and tasks <= {"multilabel"}:
@@ -214,11 +223,7 @@ def read_manifest(
     names = _load_class_names(class_names, path.parent)
 
     path_column = options.path_column
-    paths = [str(p).strip() for p in table.column(path_column, "the image path column (data.reader.path_column)")]
-    if not all(paths):
-        raise table.fail(paths.index(""), path_column, "must be an image path, got an empty cell")
-    base = str(path.parent)
-    image_paths = tuple(os.path.normpath(os.path.join(base, p)) for p in paths)
+    image_paths = _image_paths(table, path_column, str(path.parent))
     _check_unique_paths(table, image_paths, path_column)
     targets, names, num_classes = _read_targets(table, task, num_classes, names, options)
     group_ids = _read_groups(table, options.group_column)
@@ -227,8 +232,8 @@ def read_manifest(
         weights = _read_weights(table, options.weight_column)
     split_column = options.split_column
     if split_column is not None and split_column in table.header:
-        splits = _read_splits(table, split_column)
-        _check_groups_within_splits(table, group_ids, splits, options.group_column)
+        splits, split_codes = _read_splits(table, split_column)
+        _check_groups_within_splits(table, group_ids, splits, split_codes, options.group_column)
     else:
         log.info("manifest %s has no %r column: seeded stratified split %s (seed %d)", path, split_column,
                  list(options.split_fractions), options.split_seed)
@@ -236,6 +241,8 @@ def read_manifest(
                                options.split_seed)
     manifest = Manifest(path, task, num_classes, image_paths, targets, group_ids, splits, table.rows, weights,
                         names)
+    del table
+    pa.default_memory_pool().release_unused()  # the parsed table's memory back to the system (allocators keep it)
     if options.check_files:
         check_image_files(manifest)
     return manifest
@@ -297,28 +304,84 @@ def read_image_folder(
         split_array = np.asarray(splits, dtype=object)
     else:
         split_array = assign_splits(np.asarray(labels), group_ids.numpy(), split_fractions, split_seed)
-    manifest = Manifest(root, task, num_classes, tuple(paths), targets, group_ids, split_array,
+    manifest = Manifest(root, task, num_classes, ImagePaths.from_strings(paths), targets, group_ids, split_array,
                         np.arange(1, len(paths) + 1), None, tuple(names))
     if check_files:
         check_image_files(manifest)
     return manifest
 
 
-def _check_unique_paths(table: _Table, paths: Sequence[str], column: str) -> None:
+def _image_paths(table: _Table, column: str, base: str) -> ImagePaths:
+    """``normpath(join(base, cell.strip()))`` of every path cell; an empty cell is named with its row.
+
+    A plain relative cell (no surrounding whitespace, no leading ``/`` or ``.``, no ``//`` or ``/.`` inside, no
+    trailing ``/``) has nothing for ``normpath`` to change: the path is the normalised base (kept once, as the
+    ``ImagePaths`` prefix) followed by the cell as it is. Only the other cells (``./a.png``, ``img//a.png``,
+    `` a.png ``, absolute paths) go through Python's ``os.path``.
+    """
+    # one array (ImagePaths combines the chunks, with 64-bit offsets past 2 GB)
+    cells = ImagePaths(table.column(column, "the image path column (data.reader.path_column)")).arrow
+    if os.sep != "/" or os.altsep is not None:  # Windows: backslashes and drive letters; os.path per row
+        slow = np.ones(len(cells), dtype=bool)
+    else:
+        slow = _edge_bytes(cells)
+        offsets, data = ImagePaths(cells).buffers  # "//", "/./", "/../" inside: found in the bytes by re
+        hits = [match.start() for match in re.finditer(rb"/[/.]", memoryview(data))]
+        if hits:
+            slow[np.searchsorted(offsets, np.asarray(hits), side="right") - 1] = True
+    prefix = os.path.normpath(base)
+    prefix = "" if prefix == "." else prefix if prefix.endswith("/") else prefix + "/"
+    rows = np.flatnonzero(slow)
+    if not rows.size:
+        return ImagePaths(cells, prefix)
+    stripped = [cell.strip() for cell in pc.take(cells, pa.array(rows)).to_pylist()]
+    if not all(stripped):
+        raise table.fail(int(rows[stripped.index("")]), column, "must be an image path, got an empty cell")
+    fixed = [os.path.normpath(os.path.join(base, cell)) for cell in stripped]
+    if not all(path.startswith(prefix) for path in fixed):  # a path outside the manifest's folder: no prefix
+        kind = cells.type
+        relative = pc.binary_join_element_wise(pa.scalar(prefix, kind), cells, pa.scalar("", kind))
+        prefix = ""
+    else:
+        relative, fixed = cells, [path[len(prefix):] for path in fixed]
+    return ImagePaths(pc.replace_with_mask(relative, pa.array(slow), pa.array(fixed, type=relative.type)), prefix)
+
+
+def _edge_bytes(cells: pa.Array) -> np.ndarray:
+    """Per cell (one Arrow string array): is it empty, or does it start with whitespace, ``/`` or ``.``, or end with
+    whitespace or ``/``? Read from the first and last bytes; a cell starting or ending with a non-ASCII character
+    is checked against Python's Unicode whitespace by Arrow."""
+    offsets, data = ImagePaths(cells).buffers
+    empty = offsets[1:] == offsets[:-1]
+    if not len(data):
+        return empty
+    first = data[np.minimum(offsets[:-1], len(data) - 1)]
+    last = data[np.maximum(offsets[1:] - 1, 0)]
+    slow = empty | _SLOW_FIRST[first] | _SLOW_LAST[last]
+    wide = np.flatnonzero(~empty & ((first >= 0x80) | (last >= 0x80)))
+    if wide.size:
+        slow[wide] |= _edge_whitespace(cells.take(pa.array(wide)))
+    return slow
+
+
+def _check_unique_paths(table: _Table, paths: ImagePaths, column: str) -> None:
     """Each image once: a path in two splits leaks the image from training into evaluation, and two rows of one
     image (one label each) would teach the model that each row's other labels are absent."""
-    if len(set(paths)) == len(paths):
+    if paths.all_distinct():
         return
-    first: dict[str, int] = {}
-    for index, image in enumerate(paths):
-        if image in first:
-            raise ManifestError(
-                f"manifest {table.source}: {column} lists image {image} twice, rows {int(table.rows[first[image]])} "
-                f"and {int(table.rows[index])}; expected each image once. Give all labels of an image in one row "
-                f"(a label list or multi-hot columns; soft labels for several annotators) and repeat images "
-                f"through data.sampler or data.weight_column"
-            )
-        first[image] = index
+    # distinct values come in order of first appearance: a row repeats an earlier one when its code is not above
+    # every code before it
+    whole = paths.arrow
+    codes = pc.index_in(whole, value_set=pc.unique(whole)).to_numpy()
+    seen = np.maximum.accumulate(codes)
+    index = int(np.flatnonzero(codes[1:] <= seen[:-1])[0]) + 1
+    first = _first_row(codes, int(codes[index]))
+    raise ManifestError(
+        f"manifest {table.source}: {column} lists image {paths[index]} twice, rows {int(table.rows[first])} "
+        f"and {int(table.rows[index])}; expected each image once. Give all labels of an image in one row "
+        f"(a label list or multi-hot columns; soft labels for several annotators) and repeat images "
+        f"through data.sampler or data.weight_column"
+    )
 
 
 def check_image_files(manifest: Manifest) -> None:
@@ -332,14 +395,40 @@ def check_image_files(manifest: Manifest) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- tables
-class _Table:
-    """Columns of a CSV or Parquet file as arrays of strings (missing = ``""``), with row numbers."""
+#: every character Python's ``str.strip()`` removes; a cell starting or ending with one is stripped in Python
+_WHITESPACE = tuple(chr(c) for c in range(0x110000) if chr(c).isspace())
+#: first bytes of a path cell that send it through os.path: ASCII whitespace, "/" (absolute), "." (./, ../)
+_SLOW_FIRST = np.zeros(256, dtype=bool)
+_SLOW_FIRST[[ord(c) for c in _WHITESPACE if ord(c) < 128] + [ord("/"), ord(".")]] = True
+_SLOW_LAST = np.zeros(256, dtype=bool)  # last bytes: ASCII whitespace, "/" (a trailing slash)
+_SLOW_LAST[[ord(c) for c in _WHITESPACE if ord(c) < 128] + [ord("/")]] = True
+#: a number both Arrow's parser and Python's ``float`` read, to the same (correctly rounded) double
+_PLAIN_DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_PLAIN_INTEGER = r"^[+-]?[0-9]+$"
+#: bytes read at a time when counting a CSV file's lines
+_BLOCK_BYTES = 1 << 24
 
-    def __init__(self, source: Path, header: list[str], columns: Callable[[str], np.ndarray], rows: np.ndarray):
+
+class _SlowPath(Exception):
+    """The fast CSV reader cannot promise the csv module's rows and line numbers: read the file with it."""
+
+
+class _Table:
+    """Columns of a CSV or Parquet file as Arrow string arrays (missing = ``""``), with row numbers.
+
+    CSV files are parsed by Arrow (multithreaded C++); the csv module reads them instead (and names the bad line)
+    when Arrow cannot give the same rows and line numbers: a ragged, non-UTF-8 or otherwise unreadable file, a
+    quoted cell spanning lines, empty lines between rows.
+    """
+
+    def __init__(self, source: Path, header: list[str], columns: Sequence[pa.ChunkedArray], rows: np.ndarray):
         self.source = source
         self.header = header
-        self._columns = columns
+        self._columns = list(columns)
         self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     @classmethod
     def read(cls, path: Path, kind: str) -> _Table:
@@ -347,6 +436,35 @@ class _Table:
 
     @classmethod
     def _read_csv(cls, path: Path) -> _Table:
+        try:
+            return cls._read_csv_arrow(path)
+        except (_SlowPath, pa.ArrowException, ValueError, csv.Error):  # UnicodeDecodeError is a ValueError
+            return cls._read_csv_module(path)
+
+    @classmethod
+    def _read_csv_arrow(cls, path: Path) -> _Table:
+        import pyarrow.csv as pacsv
+
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header or reader.line_num != 1:
+                raise _SlowPath
+        names = [f"c{i}" for i in range(len(header))]  # positional: the header may repeat a name
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(skip_rows=1, column_names=names),
+            parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+        count = table.num_rows
+        if count == 0 or _data_lines(path) != count:  # empty lines between rows shift the line numbers
+            raise _SlowPath
+        return cls(path, [h.strip() for h in header], table.columns, np.arange(2, count + 2, dtype=np.int64))
+
+    @classmethod
+    def _read_csv_module(cls, path: Path) -> _Table:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -375,67 +493,167 @@ class _Table:
                                     f"the csv module cannot read ({error})") from None
         if not records:
             raise ManifestError(f"manifest {path} has a header but no rows")
-
-        def column(name: str) -> np.ndarray:
-            at = header.index(name)
-            out = np.empty(len(records), dtype=object)
-            out[:] = [record[at] for record in records]
-            return out
-
-        return cls(path, header, column, np.asarray(lines, dtype=np.int64))
+        columns = [pa.chunked_array([pa.array([record[at] for record in records], type=pa.string())])
+                   for at in range(len(header))]
+        return cls(path, header, columns, np.asarray(lines, dtype=np.int64))
 
     @classmethod
     def _read_parquet(cls, path: Path) -> _Table:
+        import pyarrow.parquet as pq
+
         try:
-            import pandas as pd
-        except ImportError:
-            raise ManifestError(f"manifest {path}: reading Parquet needs pandas and pyarrow "
-                                "(pip install 'tailsweep[tables]'), or convert it to CSV") from None
-        frame = pd.read_parquet(path)
-        if len(frame) == 0:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as error:
+            raise ManifestError(f"manifest {path}: expected a Parquet file, got one pyarrow cannot read "
+                                f"({error})") from None
+        if table.num_rows == 0:
             raise ManifestError(f"manifest {path} has no rows")
-        header = [str(c) for c in frame.columns]
+        columns = [_as_text(column) for column in table.columns]
+        return cls(path, [str(c) for c in table.column_names], columns, np.arange(1, table.num_rows + 1))
 
-        def column(name: str) -> np.ndarray:
-            series = frame[frame.columns[header.index(name)]]
-            text = series.astype(str).to_numpy(dtype=object)
-            text[series.isna().to_numpy()] = ""
-            return text
-
-        return cls(path, header, column, np.arange(1, len(frame) + 1))
-
-    def column(self, name: str, what: str) -> np.ndarray:
+    def column(self, name: str, what: str) -> pa.ChunkedArray:
         if name not in self.header:
             raise ManifestError(f"manifest {self.source}: missing column {name!r} ({what}); found columns "
                                 f"{self.header[:30]}")
         if self.header.count(name) > 1:
             raise ManifestError(f"manifest {self.source}: expected one column named {name!r} ({what}), got "
                                 f"{self.header.count(name)} in the header; rename the others")
-        return self._columns(name)
+        return self._columns[self.header.index(name)]
 
     def fail(self, index: int, column: str, message: str) -> ManifestError:
         return ManifestError(f"manifest {self.source}, row {int(self.rows[index])}: {column} {message}")
 
 
+def _data_lines(path: Path) -> int:
+    """Lines after the header, not counting empty lines at the end (the csv module's line counting: ``\\n``,
+    ``\\r\\n`` and a lone ``\\r`` each end a line)."""
+    terminators, previous_cr, tail = 0, False, b""
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK_BYTES):
+            terminators += block.count(b"\n")
+            if previous_cr or b"\r" in block:  # a lone \r ends a line too; \r\n ends one
+                crlf = block.count(b"\r\n") + (previous_cr and block.startswith(b"\n"))
+                terminators += block.count(b"\r") - crlf
+            previous_cr = block.endswith(b"\r")
+            tail = (tail + block[-4096:])[-4096:]
+    body = tail.rstrip(b"\r\n")
+    ending = tail[len(body):]
+    trailing = ending.count(b"\n") + ending.count(b"\r") - ending.count(b"\r\n")  # terminators after the last cell
+    if len(body) == 0:
+        raise _SlowPath  # a tail of line ends only: let the csv module count
+    lines = terminators + (1 if trailing == 0 else 0)  # the last line may have no terminator
+    return lines - max(trailing - 1, 0) - 1
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A Parquet column as the text pandas' ``astype(str)`` gives (what this reader read before it used Arrow):
+    strings as they are, ``str()`` of numbers and booleans (an integer column with nulls reads as floats: ``3.0``),
+    ``""`` for a null."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column.fill_null("").cast(pa.string())
+    if pa.types.is_integer(kind) and column.null_count == 0:
+        return column.cast(pa.string())
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        convert = float if not pa.types.is_boolean(kind) else bool
+        distinct = pc.unique(column)
+        text = pa.array(["" if v is None or v != v else str(convert(v)) for v in distinct.to_pylist()],  # NaN: ""
+                        type=pa.string())
+        return pa.chunked_array([text.take(pc.index_in(column, value_set=distinct))])
+    try:
+        series = column.to_pandas()
+    except ImportError:
+        return column.cast(pa.string()).fill_null("")
+    text = series.astype(str).to_numpy(dtype=object)
+    text[series.isna().to_numpy()] = ""
+    return pa.chunked_array([pa.array(text.tolist(), type=pa.string())])
+
+
+def _edge_whitespace(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Per cell: does it start or end with a character ``str.strip()`` removes (Unicode whitespace, as Python
+    defines it)?"""
+    spaces = pa.array(_WHITESPACE, type=pa.string())
+    first = pc.is_in(pc.utf8_slice_codeunits(values, 0, 1), value_set=spaces)
+    last = pc.is_in(pc.utf8_slice_codeunits(values, -1), value_set=spaces)
+    return _bools(pc.or_(first, last))
+
+
+def _bools(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An Arrow boolean array (no nulls) as a writable numpy one."""
+    if isinstance(mask, pa.ChunkedArray):
+        return np.array(mask.to_numpy(), dtype=bool)
+    return np.array(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _cell(values: pa.ChunkedArray, index: int) -> str:
+    """One cell's text, for a message."""
+    return values[int(index)].as_py()
+
+
+def _distinct(values: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """The distinct cells in order of first appearance, and each row's index into them."""
+    distinct = pc.unique(values)
+    codes = pc.index_in(values, value_set=distinct).to_numpy()
+    return distinct.to_pylist(), codes
+
+
+def _first_row(codes: np.ndarray, code: int) -> int:
+    """The first row holding distinct value ``code``."""
+    return int(np.argmax(codes == code))
+
+
 def _parse_column(
-    table: _Table, values: np.ndarray, column: str, parse: Callable[[str], object], expected: str
-) -> list[object]:
-    """Parse each distinct value once; the first bad row (in file order) is named with the expected form."""
-    unique, inverse = np.unique(values, return_inverse=True)
+    table: _Table, values: pa.ChunkedArray, column: str, parse: Callable[[str], object], expected: str
+) -> tuple[list[object], np.ndarray]:
+    """Parse each distinct value once: (the parsed distinct values, each row's index into them). The first bad
+    row (in file order) is named with the expected form. Distinct values are in order of first appearance, so the
+    first one that fails holds the first bad row."""
+    distinct, codes = _distinct(values)
     parsed: list[object] = []
-    bad_first: int | None = None
-    for k, text in enumerate(unique):
+    for k, text in enumerate(distinct):
         try:
-            parsed.append(parse(str(text).strip()))
+            parsed.append(parse(text.strip()))
         except (ValueError, KeyError):
-            parsed.append(None)
-            first = int(np.argmax(inverse == k))
-            bad_first = first if bad_first is None else min(bad_first, first)
-    if bad_first is not None:
-        raise table.fail(bad_first, column, f"must be {expected}, got {values[bad_first]!r}")
-    out = np.empty(len(parsed), dtype=object)
-    out[:] = parsed
-    return out[inverse].tolist()
+            first = _first_row(codes, k)
+            raise table.fail(first, column, f"must be {expected}, got {_cell(values, first)!r}") from None
+    return parsed, codes
+
+
+def _plain_int64(values: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """Every cell as int64 when every cell is a plain decimal integer within int64 (``7``, ``-3``, ``007``: what
+    Python's ``int`` reads to the same value), else None (the caller parses the distinct values in Python)."""
+    try:
+        numbers = pc.cast(values, pa.int64())
+    except pa.ArrowInvalid:
+        return None
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    for chunk in chunks:  # Arrow also reads "0x10"; Python's int does not (any x in the bytes: parsed in Python)
+        data = chunk.buffers()[2]
+        if data is not None and re.search(rb"[xX]", memoryview(data)):
+            return None
+    return np.require(numbers.to_numpy(), requirements="W")
+
+
+def _floats(values: pa.ChunkedArray) -> np.ndarray | None:
+    """Python's ``float()`` of every cell, or None when one is not a number. Plain decimals (``0.25``, ``1e-3``)
+    go through Arrow's parser, which rounds as Python does; the others (spaces, ``inf``, ``1_0``) through
+    ``float`` itself."""
+    plain = _bools(pc.match_substring_regex(values, _PLAIN_DECIMAL))
+    out = np.empty(len(values), dtype=np.float64)
+    try:
+        out[plain] = pc.cast(pc.filter(values, pa.array(plain)), pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
+        plain[:] = False
+    rest = np.flatnonzero(~plain)
+    if rest.size:
+        try:
+            out[rest] = [float(text) for text in pc.take(values, pa.array(rest)).to_pylist()]
+        except ValueError:
+            return None
+    return out
 
 
 def _to_int(text: str) -> int:
@@ -532,11 +750,14 @@ def _read_targets(
 
 
 def _read_classes(
-    table: _Table, task: str, values: np.ndarray, column: str, num_classes: int | None,
+    table: _Table, task: str, values: pa.ChunkedArray, column: str, num_classes: int | None,
     names: tuple[str, ...] | None,
 ) -> tuple[Tensor, tuple[str, ...] | None, int]:
     where = f"manifest {table.source}"
-    distinct = sorted({str(v).strip() for v in np.unique(values)})
+    numbers = _plain_int64(values) if names is None else None
+    if numbers is not None:  # integer labels: checked on the array, no parsing in Python
+        return _check_class_indices(table, column, numbers, num_classes)
+    distinct = sorted({v.strip() for v in pc.unique(values).to_pylist()})
     if names is None and num_classes is None and not all(_is_int(v) or _is_float_int(v) for v in distinct):
         if task == "ordinal":
             raise ManifestError(f"{where}: ordinal labels given as names ({distinct[:10]}) need data.class_names "
@@ -546,40 +767,60 @@ def _read_classes(
         count = _check_num_classes(num_classes, len(names), where, "data.class_names")
         if set(distinct) & set(names):  # labels are names (any name present): every value must be one
             index_of = {name: i for i, name in enumerate(names)}
-            labels = _parse_column(table, values, column, index_of.__getitem__,
-                                   f"a known label name (one of {list(names)[:20]})")
-            return torch.tensor(labels, dtype=torch.long), names, count
+            labels, codes = _parse_column(table, values, column, index_of.__getitem__,
+                                          f"a known label name (one of {list(names)[:20]})")
+            return torch.from_numpy(np.asarray(labels, dtype=np.int64)[codes]), names, count
     elif num_classes is not None:
         count = _check_num_classes(num_classes, num_classes, where, "data.num_classes")
     expected = "an integer class index" if names is None else f"a known label name (one of {list(names)[:20]})"
-    parsed = _parse_column(table, values, column, _to_int, expected)
+    parsed, codes = _parse_column(table, values, column, _to_int, expected)  # Python ints, any size
     if names is None and num_classes is None:  # data.num_classes=auto: labels 0..max
-        bad = [i for i, label in enumerate(parsed) if not 0 <= label < MAX_INFERRED_CLASSES]
+        bad = [k for k, label in enumerate(parsed) if not 0 <= label < MAX_INFERRED_CLASSES]
         if bad:
-            raise table.fail(bad[0], column, f"must be a class index in 0..{MAX_INFERRED_CLASSES - 1} to infer "
-                                             f"data.num_classes (or set data.num_classes), got {parsed[bad[0]]}")
+            raise table.fail(_first_row(codes, bad[0]), column, f"must be a class index in "
+                             f"0..{MAX_INFERRED_CLASSES - 1} to infer data.num_classes (or set data.num_classes), "
+                             f"got {parsed[bad[0]]}")
         count = _check_num_classes(None, max(parsed) + 1, where, f"labels 0..{max(parsed)}")
-    try:
-        labels = np.asarray(parsed, dtype=np.int64)
-        bad = np.flatnonzero((labels < 0) | (labels >= count)).tolist()
-    except OverflowError:  # beyond int64 ("1e19"): out of range like any other
-        labels, bad = None, [i for i, label in enumerate(parsed) if not 0 <= label < count]
+    bad = [k for k, label in enumerate(parsed) if not 0 <= label < count]
     if bad:
-        raise table.fail(bad[0], column, f"must lie in 0..{count - 1} (data.num_classes={count}), got {parsed[bad[0]]}")
-    return torch.from_numpy(labels), names, count
+        raise table.fail(_first_row(codes, bad[0]), column,
+                         f"must lie in 0..{count - 1} (data.num_classes={count}), got {parsed[bad[0]]}")
+    return torch.from_numpy(np.asarray(parsed, dtype=np.int64)[codes]), names, count
+
+
+def _check_class_indices(
+    table: _Table, column: str, labels: np.ndarray, num_classes: int | None
+) -> tuple[Tensor, None, int]:
+    """Integer labels (no class names): in ``0..num_classes-1``, or ``num_classes=auto``: ``0..max``, at most
+    ``MAX_INFERRED_CLASSES``. The first bad row is named with its value, as ``_read_classes`` does."""
+    where = f"manifest {table.source}"
+    if num_classes is None:
+        bad = np.flatnonzero((labels < 0) | (labels >= MAX_INFERRED_CLASSES))
+        if bad.size:
+            raise table.fail(int(bad[0]), column, f"must be a class index in 0..{MAX_INFERRED_CLASSES - 1} to infer "
+                             f"data.num_classes (or set data.num_classes), got {int(labels[bad[0]])}")
+        top = int(labels.max())
+        count = _check_num_classes(None, top + 1, where, f"labels 0..{top}")
+    else:
+        count = _check_num_classes(num_classes, num_classes, where, "data.num_classes")
+    bad = np.flatnonzero((labels < 0) | (labels >= count))
+    if bad.size:
+        raise table.fail(int(bad[0]), column,
+                         f"must lie in 0..{count - 1} (data.num_classes={count}), got {int(labels[bad[0]])}")
+    return torch.from_numpy(labels), None, count
 
 
 def _read_soft(table: _Table, columns: list[str], tolerance: float) -> Tensor:
-    block = np.empty((len(table.rows), len(columns)), dtype=np.float64)
+    block = np.empty((len(table), len(columns)), dtype=np.float64)
     for j, name in enumerate(columns):
         values = table.column(name, "a soft-label column")
-        try:
-            block[:, j] = values.astype(np.float64)
-        except ValueError:
+        numbers = _floats(values)
+        if numbers is None:
             _parse_column(table, values, name, float, "a probability (a number in [0, 1])")
+        block[:, j] = numbers
         bad = np.flatnonzero(~np.isfinite(block[:, j]) | (block[:, j] < 0) | (block[:, j] > 1 + tolerance))
         if bad.size:
-            raise table.fail(int(bad[0]), name, f"must be a probability in [0, 1], got {values[bad[0]]!r}")
+            raise table.fail(int(bad[0]), name, f"must be a probability in [0, 1], got {_cell(values, bad[0])!r}")
     sums = block.sum(1)
     bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
     if bad.size:
@@ -593,21 +834,28 @@ _MULTIHOT = {"1": 1, "0": 0, "-1": -1, "": -1, "1.0": 1, "0.0": 0, "-1.0": -1, "
 
 
 def _read_multihot(table: _Table, columns: list[str]) -> Tensor:
-    block = np.empty((len(table.rows), len(columns)), dtype=np.int8)
+    block = np.empty((len(table), len(columns)), dtype=np.int8)
     for j, name in enumerate(columns):
         values = table.column(name, "a multi-hot label column")
-        block[:, j] = _parse_column(table, values, name, lambda t: _MULTIHOT[t.lower()],
-                                    "1 (positive), 0 (negative), or -1 / empty (unknown)")
+        states, codes = _parse_column(table, values, name, lambda t: _MULTIHOT[t.lower()],
+                                      "1 (positive), 0 (negative), or -1 / empty (unknown)")
+        block[:, j] = np.asarray(states, dtype=np.int8)[codes]
     return torch.from_numpy(block)
 
 
 def _read_label_lists(
-    table: _Table, values: np.ndarray, column: str, names: tuple[str, ...], delimiter: str
+    table: _Table, values: pa.ChunkedArray, column: str, names: tuple[str, ...], delimiter: str
 ) -> Tensor:
+    """Each distinct cell is split once into (label, state) pairs; the rows then get their cell's pairs by
+    index arithmetic (no loop over rows)."""
     index_of = {name: i for i, name in enumerate(names)}
-    block = np.zeros((len(values), len(names)), dtype=np.int8)
-    for row, cell in enumerate(values):
-        for token in str(cell).split(delimiter):
+    distinct, codes = _distinct(values)
+    labels: list[int] = []
+    states: list[int] = []
+    lengths = np.zeros(len(distinct), dtype=np.int64)
+    for k, cell in enumerate(distinct):
+        found: dict[int, int] = {}  # a label named twice in a cell: the later state wins, as it is read
+        for token in cell.split(delimiter):
             token = token.strip()
             if not token:
                 continue
@@ -616,70 +864,111 @@ def _read_label_lists(
                 token, state = token[1:].strip(), -1
             label = index_of.get(token)
             if label is None:
-                raise table.fail(row, column, f"holds unknown label name {token!r} (cell {cell!r}); known names "
-                                              f"start {list(names)[:10]}")
-            block[row, label] = state
+                raise table.fail(_first_row(codes, k), column, f"holds unknown label name {token!r} (cell "
+                                                               f"{cell!r}); known names start {list(names)[:10]}")
+            found[label] = state
+        labels += found.keys()
+        states += found.values()
+        lengths[k] = len(found)
+    block = np.zeros((len(codes), len(names)), dtype=np.int8)
+    per_row = lengths[codes]
+    rows = np.repeat(np.arange(len(codes)), per_row)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # each distinct cell's first pair
+    ends = np.cumsum(per_row)
+    pair = np.repeat(starts[codes] - (ends - per_row), per_row) + np.arange(int(ends[-1]) if len(ends) else 0)
+    block[rows, np.asarray(labels, dtype=np.int64)[pair]] = np.asarray(states, dtype=np.int8)[pair]
     return torch.from_numpy(block)
 
 
 def _read_groups(table: _Table, column: str | None) -> Tensor:
-    count = len(table.rows)
+    count = len(table)
     if column is None or column not in table.header:
         return torch.arange(count)
-    values = np.char.strip(table.column(column, "the group column").astype(str))
-    missing = values == ""
-    present = values[~missing]
-    numbers = None
-    if all(_is_int(v) for v in np.unique(present)):
-        try:
-            numbers = present.astype(np.int64)
-        except OverflowError:  # integers beyond int64 are names like any other
-            numbers = None
-        if numbers is not None and numbers.size and int(numbers.max()) + int(missing.sum()) > np.iinfo(np.int64).max:
-            numbers = None  # no room above the largest id for the rows without a group
-    if numbers is not None:
-        ids = np.zeros(count, dtype=np.int64)
-        ids[~missing] = numbers
+    values = table.column(column, "the group column")
+    numbers = _plain_int64(values)
+    if numbers is not None:  # every row has an integer id: kept as it is
+        return torch.from_numpy(numbers)
+    distinct = pc.unique(values)  # in order of first appearance
+    codes = pc.index_in(values, value_set=distinct).to_numpy()
+    edged = _edge_whitespace(distinct)
+    texts = distinct.to_pylist()
+    for k in np.flatnonzero(edged):  # " 7" is group 7
+        texts[k] = texts[k].strip()
+    missing_text = np.array([t == "" for t in texts], dtype=bool) if edged.any() else _bools(pc.equal(distinct, ""))
+    missing = missing_text[codes]
+    numbers = _group_numbers(texts, missing_text, int(missing.sum()))
+    if numbers is not None:  # integer ids are kept
+        ids = numbers[codes]
     else:  # string group names: numbered in order of first appearance
-        _, first, codes = np.unique(present, return_index=True, return_inverse=True)
-        rank = np.empty_like(first)
-        rank[np.argsort(first)] = np.arange(first.size)
-        ids = np.zeros(count, dtype=np.int64)
-        ids[~missing] = rank[codes]
+        key_of: dict[str, int] = {}
+        keys = np.zeros(len(texts), dtype=np.int64)
+        for k, text in enumerate(texts):
+            if text:
+                keys[k] = key_of.setdefault(text, len(key_of))
+        ids = keys[codes]
     if missing.any():  # rows without a group: fresh ids above every given one
         start = int(ids[~missing].max()) + 1 if (~missing).any() else 0
         ids[missing] = start + np.arange(int(missing.sum()))
     return torch.from_numpy(ids)
 
 
-def _read_splits(table: _Table, column: str) -> np.ndarray:
+def _group_numbers(texts: list[str], missing: np.ndarray, missing_rows: int) -> np.ndarray | None:
+    """Each distinct group text as an int64 id (missing: 0), or None when one is no integer (Python's ``int``),
+    lies beyond int64, or leaves no room above the largest id for the ``missing_rows`` rows without a group."""
+    present = [t for t, gone in zip(texts, missing, strict=True) if not gone]
+    plain = pc.match_substring_regex(pa.array(present, type=pa.string()), _PLAIN_INTEGER).to_pylist()
+    values: list[int] = []
+    for text, simple in zip(present, plain, strict=True):
+        if not simple and not _is_int(text):
+            return None
+        values.append(int(text))
+    numbers = np.zeros(len(texts), dtype=np.int64)
+    if values:
+        big = max(values)
+        if min(values) < np.iinfo(np.int64).min or big > np.iinfo(np.int64).max - missing_rows:
+            return None
+        numbers[~missing] = values
+    return numbers
+
+
+def _read_splits(table: _Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(split name per row, an object array; its index in ``SPLITS``, int8)."""
     values = table.column(column, "the split column")
-    parsed = _parse_column(table, values, column, lambda t: SPLIT_ALIASES[t.lower()], f"one of {SPLITS}")
-    out = np.empty(len(parsed), dtype=object)
-    out[:] = parsed
-    return out
+    parsed, codes = _parse_column(table, values, column, lambda t: SPLIT_ALIASES[t.lower()], f"one of {SPLITS}")
+    split_codes = np.asarray([SPLITS.index(name) for name in parsed], dtype=np.int8)[codes]
+    return np.asarray(SPLITS, dtype=object)[split_codes], split_codes
 
 
 def _read_weights(table: _Table, column: str) -> Tensor:
     values = table.column(column, "the sampling weight column (data.weight_column)")
-    weights = np.asarray(_parse_column(table, values, column, float, "a number"), dtype=np.float64)
+    weights = _floats(values)
+    if weights is None:
+        _parse_column(table, values, column, float, "a number")
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if bad.size:
-        raise table.fail(int(bad[0]), column, f"must be a finite weight >= 0, got {values[bad[0]]!r}")
+        raise table.fail(int(bad[0]), column, f"must be a finite weight >= 0, got {_cell(values, bad[0])!r}")
     if not (weights > 0).any():
         raise ManifestError(f"manifest {table.source}: column {column!r} (data.weight_column): expected a weight > 0 "
                             f"in some row, got 0 in every row")
     return torch.from_numpy(weights)
 
 
-def _check_groups_within_splits(table: _Table, group_ids: Tensor, splits: np.ndarray, column: str | None) -> None:
-    _, codes = np.unique(splits.astype(str), return_inverse=True)
+def _check_groups_within_splits(
+    table: _Table, group_ids: Tensor, splits: np.ndarray, split_codes: np.ndarray, column: str | None
+) -> None:
+    """No group in two splits; the smallest straddling group id is named with its first rows."""
     groups = group_ids.numpy()
-    order = np.lexsort((codes, groups))
-    g, c = groups[order], codes[order]
-    straddle = np.flatnonzero((g[1:] == g[:-1]) & (c[1:] != c[:-1]))
+    if not groups.size:
+        return
+    if groups.min() >= 0 and groups.max() < 4 * groups.size + 1024:  # dense ids index an array directly
+        dense = groups
+    else:
+        _, dense = np.unique(groups, return_inverse=True)
+    split_of = np.zeros(int(dense.max()) + 1, dtype=np.int8)
+    split_of[dense] = split_codes  # one of each group's splits (the last written)
+    straddle = np.flatnonzero(split_of[dense] != split_codes)
     if straddle.size:
-        group = g[straddle[0]]
+        group = groups[straddle].min()
         members = np.flatnonzero(groups == group)
         rows = [int(table.rows[i]) for i in members[:8]]
         raise ManifestError(
