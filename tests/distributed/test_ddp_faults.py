@@ -1,0 +1,55 @@
+"""Faults in a 2-rank DDP run (Lightning's relaunching ``strategy=ddp``, gloo on the CPU): an exact mid-epoch resume
+with each rank's own random generators, (issue 17)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tailsweep.utils.runtime import METRICS_FILE, SIGTERM_EXIT_CODE
+from tests.helpers.runs import QUIET, only_run, train_cli
+
+pytestmark = pytest.mark.ddp
+
+#: 2 ranks x 16 images, 6 steps an epoch, 2 epochs; the noise makes the ranks' generators diverge
+DDP = ["trainer=ddp_cpu", "data.image_size=24", "data.batch_size=16", "trainer.max_epochs=2",
+       "trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "trainer.limit_test_batches=2",
+       "trainer.deterministic=true", "seed=5", "model.backbone_kwargs.width=8", "callbacks.early_stopping=null",
+       "callbacks.plots=null", "callbacks.predictions=null",
+       "+callbacks.jitter._target_=tests.helpers.faults.ObjectJitter", *QUIET]
+TERM = ["+callbacks.term._target_=tests.helpers.faults.SignalAtStep", "+callbacks.term.step=3",
+        "+callbacks.term.signal_name=SIGTERM", "+callbacks.term.rank=0"]
+
+
+@pytest.mark.slow  # three 2-rank runs: about 3 minutes on 2 busy cores
+def test_ddp_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_metrics(counting_root: Path,
+                                                                                tmp_path: Path) -> None:
+    data_dir = counting_root.parent
+    straight_logs, resumed_logs = tmp_path / "straight", tmp_path / "resumed"
+    straight_logs.mkdir()
+    resumed_logs.mkdir()
+    straight = train_cli([], data_dir, straight_logs, base=DDP)
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    expected = json.loads((only_run(straight_logs) / METRICS_FILE).read_text())["metrics"]
+
+    # pre-emption: SIGTERM to rank 0 (Lightning passes it on to rank 1) after step 3 of 6, in epoch 0
+    term = train_cli(TERM, data_dir, resumed_logs, base=DDP)
+    assert term.returncode == SIGTERM_EXIT_CODE, term.stderr[-4000:]
+    run = only_run(resumed_logs)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert saved["global_step"] == 3
+    states = saved["tailsweep_rng_states"]
+    assert states["world_size"] == 2 and len(states["ranks"]) == 2
+    assert not torch.equal(states["ranks"][0]["torch"], states["ranks"][1]["torch"]), "the ranks' generators differ"
+
+    resumed = train_cli(["ckpt_path=last", "~callbacks.term"], data_dir, resumed_logs, base=DDP)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    got = json.loads((run / METRICS_FILE).read_text())["metrics"]
+    keys = sorted(k for k in expected if k.startswith(("val/", "test/")))
+    assert len(keys) > 20
+    differ = {k: (got[k], expected[k]) for k in keys if got[k] != pytest.approx(expected[k], rel=1e-5, abs=1e-7)}
+    assert not differ
+
