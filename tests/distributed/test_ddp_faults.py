@@ -1,15 +1,16 @@
 """Faults in a 2-rank DDP run (Lightning's relaunching ``strategy=ddp``, gloo on the CPU): an exact mid-epoch resume
-with each rank's own random generators, (issue 17)."""
+with each rank's own random generators, and a killed rank that is named (issue 17)."""
 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from tailsweep.utils.runtime import METRICS_FILE, SIGTERM_EXIT_CODE
+from tailsweep.utils.runtime import FAILURE_FILE, METRICS_FILE, SIGTERM_EXIT_CODE
 from tests.helpers.runs import QUIET, only_run, train_cli
 
 pytestmark = pytest.mark.ddp
@@ -53,3 +54,24 @@ def test_ddp_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_metrics(c
     differ = {k: (got[k], expected[k]) for k in keys if got[k] != pytest.approx(expected[k], rel=1e-5, abs=1e-7)}
     assert not differ
 
+
+def test_a_sigkilled_rank_is_named_and_nothing_written_is_lost(counting_root: Path, tmp_path: Path) -> None:
+    """SIGKILL of rank 1 after step 8 (in epoch 1): rank 0 fails in its next collective with gloo's "Connection
+    reset/closed by peer"; the run exits non-zero and stderr and failure.json name rank 1, its pid and the signal."""
+    kill = ["+callbacks.kill._target_=tests.helpers.faults.SignalAtStep", "+callbacks.kill.step=8",
+            "+callbacks.kill.rank=1"]
+    result = train_cli(kill, counting_root.parent, tmp_path, base=DDP)
+    assert result.returncode != 0
+    run = only_run(tmp_path)
+    failure = json.loads((run / FAILURE_FILE).read_text())
+    assert failure["status"] == "failed"
+    (dead,) = failure["dead_ranks"]
+    assert dead["rank"] == 1 and dead["signal"] == signal.SIGKILL
+    named = f"rank 1 (pid {dead['pid']}) of 2 died (killed by signal 9, SIGKILL); rank 0 stopped at step"
+    assert failure["error"].startswith(f"RankDiedError: {named}")
+    assert named in result.stderr
+    # what was written before the kill stays: epoch 0's checkpoints and its CSV rows
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert checkpoint["global_step"] == 6
+    assert (run / "checkpoints" / "epoch_000.ckpt").is_file()
+    assert "val/loss" in (run / "csv" / "metrics.csv").read_text()

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tailsweep.utils.checkpointing import CHECKPOINT_DIR, LAST_CHECKPOINT
+from tailsweep.utils.rank_failures import name_dead_ranks, this_process, watch_ranks
 
 
 class CheckpointOnSigterm(Callback):
@@ -189,3 +190,22 @@ class ResumeMidEpoch(Callback):
             _set_rng_states(self._states)
             self._restore_at_next_batch = False
 
+
+class NameDeadRanks(Callback):
+    """Record every rank's process at setup, so that a run whose peer rank died says which one and how.
+
+    At ``setup`` (every rank, a collective like the setup around it) the ranks' pids and hosts are gathered, and the
+    launching process adds Lightning's ``Popen`` objects of the ranks it started (their return codes give the
+    signal). ``on_exception`` names the ranks that are gone, with this rank's global step
+    (``tailsweep.utils.rank_failures``); ``run_task`` writes it to ``failure.json``.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size < 2 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        ranks: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(ranks, this_process(trainer.global_rank))
+        watch_ranks(trainer.global_rank, trainer.world_size, ranks, getattr(trainer.strategy.launcher, "procs", ()))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        name_dead_ranks(exception, step=trainer.global_step)
