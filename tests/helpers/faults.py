@@ -71,3 +71,15 @@ class ObjectJitter(Callback):
                              *args: object) -> None:
         per_object = torch.rand(int(batch["target"].sum()))
         batch["image"] += self.scale * per_object.mean() * torch.randn_like(batch["image"])
+
+
+class CheckpointAtStep(Callback):
+    """Save ``checkpoints/last.ckpt`` after training batch ``step`` (global step), on every rank (a save is
+    collective): a mid-epoch checkpoint, as a pre-emption handler or ``every_n_train_steps`` writes one."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")

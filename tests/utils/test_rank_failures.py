@@ -83,9 +83,11 @@ def test_a_rank_that_did_not_launch_the_dead_one_names_it_and_writes_for_a_dead_
     assert records_for_dead_rank_zero(named)
 
 
-def test_an_error_of_a_rank_whose_peers_are_alive_is_left_as_it_is(sleeper) -> None:
+def test_an_error_of_the_rank_itself_is_left_as_it_is(sleeper) -> None:
     watch_ranks(0, 2, [this_process(0), _record(sleeper, 1)], [sleeper])
-    assert name_dead_ranks(ValueError("bad label"), step=1) is None
+    sleeper.send_signal(signal.SIGKILL)
+    sleeper.wait()
+    assert name_dead_ranks(ValueError("bad label"), step=1) is None  # not a communication error: its own
     rank_failures.forget_ranks()
     assert name_dead_ranks(RuntimeError(GLOO)) is None  # nothing watched (a single process, or after the job)
 

@@ -171,7 +171,12 @@ class ResumeMidEpoch(Callback):
         self._states = rank_states(checkpoint.get(self.STATE_KEY), trainer.global_rank, trainer.world_size)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        done = progress.current.completed
+        if progress.total.started == progress.total.ready == progress.total.processed == progress.total.completed + 1:
+            # saved in on_train_batch_end (every_n_train_steps, a callback): Lightning counts that batch as done when
+            # its epoch loop resets, after on_train_start
+            done += 1
         total = trainer.num_training_batches
         if trainer.ckpt_path is None or not 0 < done < total:
             return  # a fresh run or an end-of-epoch checkpoint: the next epoch starts from its beginning

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,17 +185,18 @@ def describe(watch: _Watch, dead: Sequence[DeadRank], error: BaseException | Non
 
 def name_dead_ranks(error: BaseException, step: int | None = None,
                     wait_s: float = WAIT_FOR_PEER_S) -> RankDiedError | None:
-    """A ``RankDiedError`` naming the ranks that are gone when ``error`` ended this rank's run, else None.
+    """A ``RankDiedError`` naming the ranks that are gone when the communication error ``error`` ended this rank's
+    run, else None (another error is this rank's own and stays as it is).
 
     The first description made for a job is kept (the trainer's ``on_exception`` knows the step; ``run_task``
-    asks again later). A communication error waits up to ``wait_s`` seconds for the peer's exit to show.
+    asks again later). It waits up to ``wait_s`` seconds for the peer's exit to show.
     """
     watch = _watch
-    if watch is None or watch.world_size < 2:
+    if watch is None or watch.world_size < 2 or not is_communication_error(error):
         return None
     if watch.described is not None:
         return watch.described
-    deadline = time.monotonic() + (wait_s if is_communication_error(error) else 0.0)
+    deadline = time.monotonic() + wait_s
     while True:
         dead = _dead_ranks(watch)
         if dead or time.monotonic() >= deadline:
@@ -291,7 +291,8 @@ class PatientChildObserver(threading.Thread):
                                 for i, code in failed) + f"; the launching process did not stop within {self.grace_s} s"
         try:
             self.write({"status": "failed", "error": f"RankDiedError: {message}",
-                        "traceback": "".join(traceback.format_stack())})
+                        "traceback": "none: the launching process did not stop by itself (hung in a collective) and "
+                                     "was stopped by the child-process observer"})
         finally:
             print(f"RankDiedError: {message}; stopping the launching process", file=sys.stderr, flush=True)
             os.kill(self.main_pid, signal.SIGKILL)
