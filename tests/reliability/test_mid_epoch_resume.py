@@ -66,3 +66,17 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_metrics(compo
     assert len(keys) > 20
     differ = {k: (got[k], expected[k]) for k in keys if got[k] != pytest.approx(expected[k], rel=1e-5, abs=1e-7)}
     assert not differ
+
+
+def test_each_rank_restores_its_own_states_and_another_world_size_is_named() -> None:
+    from tailsweep.callbacks.fault_tolerance import rank_states
+
+    ranks = [{"torch": torch.tensor([r])} for r in range(2)]
+    saved = {"world_size": 2, "ranks": ranks}
+    assert [rank_states(saved, r, 2) for r in range(2)] == ranks
+    with pytest.warns(UserWarning, match="states of 2 rank.* this run has 3"):
+        assert rank_states(saved, 1, 3) is ranks[1]
+    with pytest.warns(UserWarning, match="this run has 3"):
+        assert rank_states(saved, 2, 3) is None  # no states of its own: it keeps its freshly seeded generators
+    old = {"torch": torch.tensor([7])}  # a checkpoint of the older format: one state, restored on every rank
+    assert rank_states(old, 1, 2) is old and rank_states(None, 0, 1) is None

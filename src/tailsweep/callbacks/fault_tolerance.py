@@ -10,10 +10,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tailsweep.utils.checkpointing import CHECKPOINT_DIR, LAST_CHECKPOINT
+from tailsweep.utils.rank_failures import name_dead_ranks, this_process, watch_ranks
 
 
 class CheckpointOnSigterm(Callback):
@@ -114,6 +115,26 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def rank_states(saved: dict[str, Any] | None, rank: int, world_size: int) -> dict[str, Any] | None:
+    """The generator states rank ``rank`` of ``world_size`` restores from a checkpoint's ``saved`` entry.
+
+    ``{"world_size": W, "ranks": [...]}``: the rank's own states; of another world size, those of the same rank
+    when the checkpoint has it (else none: the rank keeps its freshly seeded generators), with a warning naming
+    both world sizes. An older checkpoint's single state (rank 0's) is restored on every rank, as it was saved.
+    """
+    if saved is None:
+        return None
+    if "ranks" not in saved:
+        return saved
+    ranks, saved_world = saved["ranks"], int(saved["world_size"])
+    if saved_world != world_size:
+        rank_zero_warn(f"resume mid-epoch: the checkpoint holds the random generators' states of {saved_world} "
+                       f"rank(s), this run has {world_size}; ranks 0..{min(saved_world, world_size) - 1} restore "
+                       "their own, the others keep their freshly seeded generators (the resumed epoch is not an "
+                       "exact replay)")
+    return ranks[rank] if rank < len(ranks) else None
+
+
 class ResumeMidEpoch(Callback):
     """Resume a checkpoint saved mid-epoch (SIGTERM, ``every_n_train_steps``) exactly where it stopped.
 
@@ -122,7 +143,14 @@ class ResumeMidEpoch(Callback):
     Here the checkpoint also holds the global random generators' states (Python, NumPy, torch, CUDA), and on
     resume the training sampler (``load_state_dict``: epoch and start position ``k * batch_size``) yields the
     epoch's remaining samples while the generators continue from their saved states at the first resumed batch
-    (after ``EpochSeeder`` re-seeded the epoch). The states are rank 0's (Lightning saves on rank 0).
+    (after ``EpochSeeder`` re-seeded the epoch).
+
+    Each rank keeps its own states: Lightning writes the checkpoint on rank 0, but ``on_save_checkpoint`` runs on
+    every rank (a save is collective), so the states are gathered there (``all_gather_object``) and stored as
+    ``{"world_size": W, "ranks": [states of rank 0, ..., rank W-1]}``; on load rank ``r`` restores ``ranks[r]``.
+    The ranks' generators differ whenever they draw different amounts (an augmentation that depends on the
+    image, an uneven last batch, a per-rank seed). A checkpoint of another world size restores what fits (the
+    ranks it has) and warns; a checkpoint of the older format (one state for all) is restored on every rank.
     """
 
     STATE_KEY = "tailsweep_rng_states"
@@ -132,13 +160,23 @@ class ResumeMidEpoch(Callback):
         self._restore_at_next_batch = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[self.STATE_KEY] = _rng_states()
+        states = _rng_states()
+        ranks = [states]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * trainer.world_size
+            torch.distributed.all_gather_object(ranks, states)
+        checkpoint[self.STATE_KEY] = {"world_size": len(ranks), "ranks": ranks}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self._states = checkpoint.get(self.STATE_KEY)
+        self._states = rank_states(checkpoint.get(self.STATE_KEY), trainer.global_rank, trainer.world_size)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        done = progress.current.completed
+        if progress.total.started == progress.total.ready == progress.total.processed == progress.total.completed + 1:
+            # saved in on_train_batch_end (every_n_train_steps, a callback): Lightning counts that batch as done when
+            # its epoch loop resets, after on_train_start
+            done += 1
         total = trainer.num_training_batches
         if trainer.ckpt_path is None or not 0 < done < total:
             return  # a fresh run or an end-of-epoch checkpoint: the next epoch starts from its beginning
@@ -156,3 +194,23 @@ class ResumeMidEpoch(Callback):
         if self._restore_at_next_batch:
             _set_rng_states(self._states)
             self._restore_at_next_batch = False
+
+
+class NameDeadRanks(Callback):
+    """Record every rank's process at setup, so that a run whose peer rank died says which one and how.
+
+    At ``setup`` (every rank, a collective like the setup around it) the ranks' pids and hosts are gathered, and the
+    launching process adds Lightning's ``Popen`` objects of the ranks it started (their return codes give the
+    signal). ``on_exception`` names the ranks that are gone, with this rank's global step
+    (``tailsweep.utils.rank_failures``); ``run_task`` writes it to ``failure.json``.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size < 2 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        ranks: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(ranks, this_process(trainer.global_rank))
+        watch_ranks(trainer.global_rank, trainer.world_size, ranks, getattr(trainer.strategy.launcher, "procs", ()))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        name_dead_ranks(exception, step=trainer.global_step)

@@ -5,7 +5,9 @@ Two things Lightning does not do for a Hydra app:
   than exist, a strategy name Lightning does not know);
 - relaunch ranks >= 1 correctly under ``--multirun``: Lightning's ``strategy=ddp`` re-executes ``sys.argv`` for
   each rank, so under ``-m`` every child would run the whole sweep again (Lightning #11300, Hydra #2070).
-  ``launch_ranks_as_single_jobs`` makes each child run exactly the current job, in the current job directory.
+  ``launch_ranks_as_single_jobs`` makes each child run exactly the current job, in the current job directory,
+  and watches the children with ``rank_failures.PatientChildObserver`` (a dead rank is named before the launcher
+  is stopped).
 """
 
 from __future__ import annotations
@@ -87,6 +89,20 @@ def launch_ranks_as_single_jobs() -> None:
 
     fabric_launcher._hydra_subprocess_cmd = _job_subprocess_cmd
     pytorch_launcher._hydra_subprocess_cmd = _job_subprocess_cmd
+    # Lightning's observer SIGKILLs the launching process within 5 s of a rank's death, before it can say which
+    pytorch_launcher._launch_process_observer = _observe_launched_ranks
+
+
+def _observe_launched_ranks(children: list) -> None:
+    """Watch the launched ranks with ``PatientChildObserver``; a fallback record goes to this job's failure.json."""
+    from tailsweep.utils.rank_failures import observe_children
+    from tailsweep.utils.runtime import FAILURE_FILE, output_dir, write_json
+
+    def write(payload: Mapping[str, Any]) -> None:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        write_json(output_dir() / FAILURE_FILE, {**payload, "overrides": overrides})
+
+    observe_children(children, write)
 
 
 #: variables Lightning's launcher writes into the launching process's environment

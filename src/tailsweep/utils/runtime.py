@@ -21,6 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from tailsweep.utils.rank_failures import (
+    failure_record,
+    failure_recorded,
+    forget_ranks,
+    name_dead_ranks,
+    records_for_dead_rank_zero,
+)
+
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
 #: exit status of a run stopped by SIGTERM (pre-emption), as a shell reports a process killed by the signal;
@@ -109,18 +117,24 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
                                             "overrides": list(HydraConfig.get().overrides.task)})
         raise SystemExit(SIGTERM_EXIT_CODE) from None
     except Exception as error:
-        write_json(run_dir / FAILURE_FILE, {
-            "status": "failed",
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(),
-            "overrides": list(HydraConfig.get().overrides.task),
-        })
+        record = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
+                  "overrides": list(HydraConfig.get().overrides.task)}
+        named = name_dead_ranks(error)  # a peer rank that died is named, not only gloo's "Connection reset"
+        if named is not None:
+            record |= failure_record(named, error)
+        # rank 0 writes the run's files; when it is the one that died, the lowest surviving rank does
+        write = write_json.__wrapped__ if named is not None and records_for_dead_rank_zero(named) else write_json
+        write(run_dir / FAILURE_FILE, record)
+        failure_recorded()
         if not is_multirun():
+            if named is not None:
+                raise named from error
             raise
-        Console(stderr=True).print(f"job failed ({run_dir}): {type(error).__name__}: {error}", style="red",
+        Console(stderr=True).print(f"job failed ({run_dir}): {record['error']}", style="red",
                                    markup=False, highlight=False)
         return {}
     finally:
+        forget_ranks()
         finish_wandb_run(exit_code)
 
 
