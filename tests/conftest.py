@@ -34,6 +34,16 @@ def _restore_torch_determinism():
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+@pytest.fixture(autouse=True)
+def _forget_hydra_config():
+    """Each test starts without a process-wide ``HydraConfig``: a test that sets one (an in-process run) would
+    otherwise hand its choices (``loss=rps``) to a later test that composes without Hydra's runtime."""
+    from hydra.core.hydra_config import HydraConfig
+
+    yield
+    HydraConfig.instance().cfg = None  # type: ignore[assignment]
+
+
 @pytest.fixture(scope="session")
 def counting_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small counting set (320 images of 24x24 in groups of 8) shared by the session; its parent is a data dir."""
