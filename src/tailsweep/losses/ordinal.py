@@ -151,7 +151,7 @@ class RankedProbabilityScoreLoss(OrdinalProbabilityLoss):
         super().receive(statistics)
 
     def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        if target.dtype.is_floating_point and target.ndim == 2:
+        if isinstance(target, Tensor) and target.dtype.is_floating_point and target.ndim == 2:
             num_classes, per_sample = self.soft_cdf_squared_error(probabilities, target)
             return self.reduce(per_sample / (num_classes - 1) if self.normalize else per_sample)
         num_classes, labels, valid = self.prepare_probabilities(probabilities, target)
@@ -186,7 +186,7 @@ class SquaredEMDLoss(RankedProbabilityScoreLoss):
                          parametrization=parametrization)
 
     def score(self, probabilities: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
-        if target.dtype.is_floating_point and target.ndim == 2:
+        if isinstance(target, Tensor) and target.dtype.is_floating_point and target.ndim == 2:
             num_classes, per_sample = self.soft_cdf_squared_error(probabilities, target)
             return self.reduce(per_sample / num_classes)
         num_classes, labels, valid = self.prepare_probabilities(probabilities, target)
