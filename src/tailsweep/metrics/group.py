@@ -1,7 +1,8 @@
 """Metrics of a sum over a group of samples (question 000: eight images whose summed count the user cares about).
 
 A group is named by a ``group_id`` per sample, never by its position in a batch, so members may arrive in any
-order, in different batches and on different DDP ranks. The states are per-group sums keyed on the id:
+order, in different batches and on different DDP ranks. ``GroupSumError``'s states are per-group sums keyed on
+the id:
 
 * ``max_groups=G`` known: a ``[G, width]`` table (ids in ``0..G-1``) summed across ranks; no host sync.
 * ``max_groups=None``: list states of (ids, rows), concatenated across ranks and coalesced (``torch.unique`` +
@@ -9,8 +10,10 @@ order, in different batches and on different DDP ranks. The states are per-group
   stays within twice the number of groups (plus that slack), not the number of samples, and each row is
   coalesced a bounded number of times on average; coalescing syncs with the host, on a small share of updates.
 
-Every quantity summed per group (point predictions, labels, members, log-characteristic functions) is additive, so
-the distributed result equals the single-process one up to float64 rounding of the order of the additions.
+Every quantity summed per group (point predictions, labels, members) is additive, so the distributed result equals
+the single-process one up to float64 rounding of the order of the additions. ``GroupSumRPS`` / ``GroupSumNLL``
+keep each member's distribution instead (list states, concatenated across ranks) and convolve the groups in
+``compute``, whatever rank or batch a member came in.
 """
 
 from __future__ import annotations

@@ -177,34 +177,56 @@ class ExpectedValueRMSE(OrdinalRMSE):
     """:class:`OrdinalRMSE` under the name of its default decoding, the expected value (``ev_rmse``)."""
 
 
-class _PerClassAbsoluteError(ClassMetric):
-    """Per true class: summed ``|yhat - c|`` and count; AMAE and MMAE share them (and compute groups)."""
+class _PerClassMean(ClassMetric):
+    """Per true class: the sum of a per-sample term of the point prediction, and the count (``[C]`` each, summed
+    across ranks); the metrics of one subclass and decoding share them (and compute groups)."""
 
-    higher_is_better = False
-    plot_lower_bound = 0.0
+    #: state names: ``{prefix}_{decoding}_{term}`` and ``{prefix}_{decoding}_n``
+    state_prefix: str
+    term: str
 
     def __init__(self, num_classes: int, *, decoding: str = "argmax", **kwargs: Any) -> None:
         super().__init__(num_classes, **kwargs)
         check_choice(type(self).__name__, "decoding", decoding, DECODINGS)
         self.decoding = decoding
-        self._prefix = f"classerr_{decoding}"
-        self.add_state(f"{self._prefix}_abs", torch.zeros(num_classes, dtype=STATE_DTYPE), dist_reduce_fx="sum")
+        self._prefix = f"{self.state_prefix}_{decoding}"
+        self.add_state(f"{self._prefix}_{self.term}", torch.zeros(num_classes, dtype=STATE_DTYPE),
+                       dist_reduce_fx="sum")
         self.add_state(f"{self._prefix}_n", torch.zeros(num_classes, dtype=STATE_DTYPE), dist_reduce_fx="sum")
 
+    def per_sample(self, predicted: Tensor, target: Tensor) -> Tensor:
+        """The term of each sample ``[B]`` from the point predictions and the labels (both in the state dtype)."""
+        raise NotImplementedError
+
     def update(self, probs: Tensor, target: Tensor) -> None:
-        """Accumulate per-class absolute errors of ``probs [B, C]`` against labels ``[B]``."""
+        """Accumulate, per true class, the per-sample terms of ``probs [B, C]`` against labels ``[B]``."""
         if self.validate_args:
             check_inputs(type(self).__name__, probs, target, self.num_classes)
-        error = (point_prediction(probs, self.decoding, self.class_values) - target.to(self.compute_dtype)).abs()
+        value = self.per_sample(point_prediction(probs, self.decoding, self.class_values),
+                                target.to(self.compute_dtype))
         target = target.long()  # index_add_ takes int64 (or int32) indices, not uint8/int16 labels
-        getattr(self, f"{self._prefix}_abs").index_add_(0, target, error)
-        getattr(self, f"{self._prefix}_n").index_add_(0, target, torch.ones_like(error))
+        getattr(self, f"{self._prefix}_{self.term}").index_add_(0, target, value)
+        getattr(self, f"{self._prefix}_n").index_add_(0, target, torch.ones_like(value))
+
+    def per_class(self) -> tuple[Tensor, Tensor]:
+        """Mean term of each class ``[C]`` (NaN for absent classes) and the mask of classes present in the data."""
+        counts = getattr(self, f"{self._prefix}_n")
+        return getattr(self, f"{self._prefix}_{self.term}") / counts, counts > 0
+
+
+class _PerClassAbsoluteError(_PerClassMean):
+    """Per true class: summed ``|yhat - c|`` and count; AMAE and MMAE share them."""
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
+    state_prefix, term = "classerr", "abs"
+
+    def per_sample(self, predicted: Tensor, target: Tensor) -> Tensor:
+        return (predicted - target).abs()
 
     def per_class_mae(self) -> tuple[Tensor, Tensor]:
         """MAE of each class ``[C]`` (NaN for absent classes) and the mask of classes present in the data."""
-        counts = getattr(self, f"{self._prefix}_n")
-        present = counts > 0
-        return getattr(self, f"{self._prefix}_abs") / counts, present
+        return self.per_class()
 
 
 @register_metric("amae", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
@@ -256,35 +278,20 @@ class MaximumMAE(_PerClassAbsoluteError):
         return mae[present].max() if bool(present.any()) else mae.new_tensor(float("nan"))
 
 
-class _PerClassSensitivity(ClassMetric):
+class _PerClassSensitivity(_PerClassMean):
     """Per true class: hits of the point prediction and count; the sensitivity metrics share them."""
 
     higher_is_better = True
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
+    state_prefix, term = "classhit", "hit"
 
-    def __init__(self, num_classes: int, *, decoding: str = "argmax", **kwargs: Any) -> None:
-        super().__init__(num_classes, **kwargs)
-        check_choice(type(self).__name__, "decoding", decoding, DECODINGS)
-        self.decoding = decoding
-        self._prefix = f"classhit_{decoding}"
-        self.add_state(f"{self._prefix}_hit", torch.zeros(num_classes, dtype=STATE_DTYPE), dist_reduce_fx="sum")
-        self.add_state(f"{self._prefix}_n", torch.zeros(num_classes, dtype=STATE_DTYPE), dist_reduce_fx="sum")
-
-    def update(self, probs: Tensor, target: Tensor) -> None:
-        """Count, per true class, the samples of ``probs [B, C]`` whose point prediction is the label ``[B]``."""
-        if self.validate_args:
-            check_inputs(type(self).__name__, probs, target, self.num_classes)
-        predicted = point_prediction(probs, self.decoding, self.class_values).round()
-        hit = (predicted == target.to(self.compute_dtype)).to(self.compute_dtype)
-        target = target.long()
-        getattr(self, f"{self._prefix}_hit").index_add_(0, target, hit)
-        getattr(self, f"{self._prefix}_n").index_add_(0, target, torch.ones_like(hit))
+    def per_sample(self, predicted: Tensor, target: Tensor) -> Tensor:
+        return (predicted.round() == target).to(target.dtype)
 
     def sensitivities(self) -> tuple[Tensor, Tensor]:
         """Sensitivity (recall) of each class ``[C]`` (NaN for absent classes) and the mask of classes present."""
-        counts = getattr(self, f"{self._prefix}_n")
-        return getattr(self, f"{self._prefix}_hit") / counts, counts > 0
+        return self.per_class()
 
 
 @register_metric("min_sensitivity", tasks=ORDINAL_TASKS, default_for=ORDINAL_TASKS)
