@@ -14,7 +14,8 @@ QUIET = ["callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"
 
 
 def train_cli(args: list[str], data_dir: Path, log_dir: Path, *, base: list[str] | None = None,
-              module: str = "tailsweep.train", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+              module: str = "tailsweep.train", env: dict[str, str] | None = None, timeout: float = 600
+              ) -> subprocess.CompletedProcess:
     """Run ``python -m <module> paths... <base> <args>`` in ``log_dir``; ``base`` defaults to a 3-epoch run."""
     if base is None:
         base = ["data.image_size=24", "data.batch_size=32", "trainer.max_epochs=3", "trainer.deterministic=true",
@@ -24,7 +25,7 @@ def train_cli(args: list[str], data_dir: Path, log_dir: Path, *, base: list[str]
     flags = [a for a in args if a in ("-m", "--multirun")]  # Hydra's flags come before the overrides
     command = [sys.executable, "-m", module, *flags, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", *base,
                *(a for a in args if a not in flags)]
-    return subprocess.run(command, cwd=log_dir, env=environment, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=log_dir, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
 def only_run(log_dir: Path, task: str = "train") -> Path:

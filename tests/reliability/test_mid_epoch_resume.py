@@ -60,7 +60,8 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_metrics(compo
     with pytest.raises(SIGTERMException):
         train(compose_train([*LIMITS, *term]))
     last = run / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 3  # mid-epoch 0
+    # signalled after batch 3's check: stopped after batch 4, mid-epoch 0
+    assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 4
     got = train(compose_train([*LIMITS, f"ckpt_path={last}"]))
     keys = sorted(k for k in expected if k.startswith(("val/", "test/")))
     assert len(keys) > 20

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +21,84 @@ from tailsweep.utils.rank_failures import name_dead_ranks, this_process, watch_r
 
 
 class CheckpointOnSigterm(Callback):
-    """On SIGTERM (a cluster pre-empting the job), save ``checkpoints/last.ckpt`` before Lightning exits.
+    """On SIGTERM (a cluster pre-empting the job), every rank stops at the same batch and ``last.ckpt`` is saved.
 
-    Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary, so the saved state is
-    consistent; resume with ``ckpt_path=last`` (or the path) to continue in the same run directory.
+    Lightning 2.6's own hand-over is not safe with several ranks: its handler broadcasts inside the signal
+    handler (a collective at an arbitrary point of the step, which pairs with whatever collective the other rank
+    is in), and each rank then raises at the end of its own step, so a rank that has not seen the signal waits in
+    the next step's collectives while the other saves: the run hung (RELIABILITY.md). Here, from
+    ``on_train_start``, the SIGTERM handler only notes the signal (and forwards it once to the ranks this process
+    launched, as Lightning's does); after every ``every_n_steps``-th training batch the ranks agree on whether any of
+    them was signalled (a max all-reduce of one flag on the CPU, through a gloo group, so no device sync), and then
+    all of them save ``checkpoints/last.ckpt`` (a collective save: ``ResumeMidEpoch`` gathers each rank's
+    generators) and raise Lightning's ``SIGTERMException`` together. ``run_task`` turns it into exit code 143.
+    Resume with ``ckpt_path=last`` to continue in the same run directory, mid-epoch and exactly.
+
+    A signal before ``on_train_start`` (during set-up or the sanity check) is left to Lightning; on one process the
+    checkpoint is then saved in ``on_exception``.
     """
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+    def __init__(self, every_n_steps: int = 1) -> None:
+        if int(every_n_steps) < 1:
+            raise ValueError(f"CheckpointOnSigterm: every_n_steps must be >= 1, got {every_n_steps!r}")
+        self.every_n_steps = int(every_n_steps)
+        self.requested = False  # a SIGTERM reached this process
+        self.saved = False
+        self._group: Any = None  # the process group the flag is reduced over (None: the default one)
+        self._previous: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.requested = self.saved = False
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank runs on_train_start, so the (collective) group creation is in step
+            gloo = torch.distributed.get_backend() == "gloo"
+            self._group = None if gloo else torch.distributed.new_group(backend="gloo")
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread; Lightning's stays
+        # the handler Lightning composed holds its broadcasting notifier: keep only what was there before it
+        original = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", {})
+        self._previous = original.get(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._make_handler(trainer))  # Lightning's teardown puts the original back
+
+    def _make_handler(self, trainer: L.Trainer) -> Any:
+        def note_sigterm(signum: int, frame: Any) -> None:
+            if not self.requested:
+                launcher = trainer.strategy.launcher
+                if launcher is not None:
+                    launcher.kill(signum)  # the ranks started from this process get it too
+                print(f"SIGTERM received by rank {trainer.global_rank}: stopping after the current training batch",
+                      file=sys.stderr, flush=True)
+            self.requested = True
+            if callable(self._previous):
+                self._previous(signum, frame)
+        return note_sigterm
+
+    def _any_rank_requested(self, trainer: L.Trainer) -> bool:
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return self.requested
+        flag = torch.tensor([int(self.requested)], dtype=torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
+        return bool(flag.item())
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.every_n_steps or not self._any_rank_requested(trainer):
             return
+        self._save(trainer)
+        raise SIGTERMException()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if (not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit" or self.saved
+                or trainer.world_size > 1):  # a lone rank's save would wait for the others forever
+            return
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
         checkpoint = trainer.checkpoint_callback
         directory = Path(checkpoint.dirpath) if checkpoint and checkpoint.dirpath else (
             Path(trainer.default_root_dir) / CHECKPOINT_DIR)
         path = directory / LAST_CHECKPOINT
         trainer.save_checkpoint(path)
+        self.saved = True
         rank_zero_info(f"SIGTERM: saved {path} at epoch {trainer.current_epoch}, step {trainer.global_step}")
 
 

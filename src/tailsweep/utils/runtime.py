@@ -115,6 +115,7 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         write_json(run_dir / FAILURE_FILE, {"status": "interrupted", "error": "SIGTERM: resume with ckpt_path=last",
                                             "exit_code": SIGTERM_EXIT_CODE,
                                             "overrides": list(HydraConfig.get().overrides.task)})
+        failure_recorded()  # the launched ranks exit 143 too: the child observer needs not step in
         raise SystemExit(SIGTERM_EXIT_CODE) from None
     except Exception as error:
         record = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
