@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
 from tailsweep.models.inference import calibrate_on_validation
+from tailsweep.models.stage2 import with_stage1_prefix
 from tailsweep.monitor import resolve_monitor
 from tailsweep.utils.checkpointing import check_checkpoint_fits
 from tailsweep.utils.console import (
@@ -96,13 +97,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = to_float_dict(trainer.callback_metrics)
     outcome = training_outcome(trainer)
 
+    best = outcome["best_checkpoint"] or None
+    stage2 = instantiate(cfg.stage2) if cfg.get("stage2") and cfg.get("train", True) else None
+    if stage2 is not None:  # the main fit's numbers are kept as stage1/*; test/* and val/* are the second stage's
+        if cfg.get("test", True):
+            metrics.update(calibrate_and_test(cfg, trainer, model, datamodule, best))
+        metrics = with_stage1_prefix(metrics)
+        result = stage2.run(cfg, trainer, model, datamodule, best)
+        trainer, model, datamodule, best = result.trainer, result.model, result.datamodule, str(result.checkpoint)
+        metrics.update(result.metrics)
+        outcome |= {"stage2": stage2.name, "stage2_checkpoint": best}
     if cfg.get("test", True):
-        best = outcome["best_checkpoint"]
-        # post-hoc calibration and conformal scores fitted on val with the best weights, used by the test below
-        metrics.update(calibrate_on_validation(cfg.get("calibration"), trainer, model, datamodule, best or None))
-        # verbose=False: the one final table is print_final_summary's
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
-        metrics.update(to_float_dict(trainer.callback_metrics))
+        metrics.update(calibrate_and_test(cfg, trainer, model, datamodule, best))
+    if stage2 is not None and not set(trainer.loggers) & set(loggers):  # a stage with its own Trainer (cRT)
+        for logger in loggers:
+            logger.log_metrics({k: v for k, v in metrics.items() if k.startswith(("test/", "stage2/"))})
+            logger.save()
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
     record_outcome(loggers, outcome)
@@ -110,6 +120,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                              **outcome})
     print_final_summary(numbers, outcome, model.task, output_dir())
     return numbers
+
+
+def calibrate_and_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
+                       datamodule: L.LightningDataModule, checkpoint: str | None) -> dict[str, float]:
+    """Post-hoc calibration and conformal scores fitted on val with ``checkpoint``'s weights, then the test with
+    them; returns both's numbers."""
+    metrics = calibrate_on_validation(cfg.get("calibration"), trainer, model, datamodule, checkpoint)
+    # verbose=False: the one final table is print_final_summary's
+    trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=False, verbose=False)
+    return metrics | to_float_dict(trainer.callback_metrics)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

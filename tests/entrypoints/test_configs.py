@@ -17,7 +17,8 @@ from tailsweep.utils.paths import config_dir
 
 CONFIG_DIR = Path(config_dir())
 # groups composed at the top level of train.yaml; each YAML in them must compose
-GROUPS = ["data", "model", "loss", "trainer", "logger", "callbacks", "experiment", "debug", "hparams_search"]
+GROUPS = ["data", "model", "loss", "calibration", "stage2", "trainer", "logger", "callbacks", "experiment", "debug",
+          "hparams_search"]
 
 
 def _options(group: str) -> list[str]:

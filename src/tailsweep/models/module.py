@@ -141,10 +141,14 @@ class TailClassifier(L.LightningModule):
         return build_metric_collection(self.task, self.num_classes, stage=stage, names=names, prefix=f"{stage}/",
                                        max_group_size=max_group_size, validate_args=stage != "train")
 
-    def forward(self, images: Tensor) -> Tensor:
+    def features(self, images: Tensor) -> Tensor:
+        """The backbone's features ``[B, num_features]``: what the head reads (and a second stage re-balances)."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(images))
+        return self.backbone(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
 
     def probabilities(self, outputs: Tensor) -> tuple[Tensor, Tensor]:
         """The raw class probabilities of the output parametrization and the reported ones, in this order:

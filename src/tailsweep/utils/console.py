@@ -191,19 +191,26 @@ def summary_rows(metrics: Mapping[str, float], outcome: Mapping[str, Any], task:
 
     rows: list[tuple[str, str]] = []
     monitor = outcome.get("monitor")
+    stage2 = outcome.get("stage2")
     if monitor and outcome.get("monitor_best") is not None:
         epoch = outcome.get("best_epoch")
-        rows.append((f"{monitor} (best{'' if epoch is None else f', epoch {epoch}'})",
+        of = " of stage 1" if stage2 else ""
+        rows.append((f"{monitor} (best{of}{'' if epoch is None else f', epoch {epoch}'})",
                      f"{outcome['monitor_best']:.4f}"))
+
+    def value(name: str) -> str:  # after a second stage, the main fit's value beside it
+        before = metrics.get(f"stage1/{name}") if stage2 else None
+        return f"{metrics[name]:.4f}" + ("" if before is None else f" (stage 1: {before:.4f})")
+
     names = [f"test/{short_name(monitor)}"] if monitor else []
     names += [f"test/{n}" for n in HEADLINE_METRICS.get(task or "", ())][:MAX_HEADLINE]
     shown = []
     for name in dict.fromkeys(names):
         if name in metrics:
-            rows.append((name, f"{metrics[name]:.4f}"))
+            rows.append((name, value(name)))
             shown.append(name)
     if not shown:  # a task without a headline set: every test metric
-        rows += [(k, f"{v:.4f}") for k, v in metrics.items() if k.startswith("test/")]
+        rows += [(k, value(k)) for k in metrics if k.startswith("test/")]
     return rows
 
 
@@ -227,6 +234,10 @@ def print_final_summary(metrics: Mapping[str, float], outcome: Mapping[str, Any]
         console.print(f"run directory: {run_dir}")
         if outcome.get("best_checkpoint"):
             console.print(f"best checkpoint: {outcome['best_checkpoint']}")
+        if outcome.get("stage2"):
+            tau = metrics.get("stage2/tau")
+            chosen = "" if tau is None else f", tau {tau:g} chosen on val"
+            console.print(f"stage 2 ({outcome['stage2']}{chosen}), tested: {outcome['stage2_checkpoint']}")
     record.info("final metrics:\n%s", "\n".join(f"  {name}: {value}" for name, value in rows))
     record.info("run directory: %s; best checkpoint: %s", run_dir, outcome.get("best_checkpoint") or "none")
 
