@@ -50,3 +50,26 @@ def test_task_weights_are_deferred_too_and_bad_epochs_are_named():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match=r"CORALLoss: reweight_from_epoch must be null or an integer >= 0"):
             CORALLoss(reweight_from_epoch=bad)
+
+
+@pytest.mark.parametrize(("name", "scheme"), [("bce", {"pos_weight": "neg_pos"}),
+                                              ("bce", {"label_weights": "sqrt_inverse"}),
+                                              ("bce", {"pos_weight": "sqrt_neg_pos", "label_weights": "inverse"}),
+                                              ("cb_bce", {}), ("cb_bce", {"gamma": 2.0})])
+def test_multilabel_weights_switch_on_at_the_epoch(name, scheme):
+    """Before the epoch, BCE with its weights off is plain BCE and CB-BCE is BCE (with its focal term, if any)."""
+    statistics = statistics_for("multilabel", 5)
+    deferred = load_loss(name, reweight_from_epoch=1, **scheme).bind(statistics)
+    weighted = load_loss(name, **scheme).bind(statistics)
+    plain = (load_loss("bce") if name == "bce" else load_loss(name, beta=0.0, gamma=scheme.get("gamma", 0.0))
+             ).bind(statistics)  # effective number with beta=0: every label weight 1
+    assert load_loss(name).reweight_from_epoch is None
+    outputs = torch.randn(16, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    target = targets_for("multilabel", 16, 5)
+    for epoch in (0, 1, 2, 0):
+        deferred.on_epoch_start(epoch)
+        reference = weighted if epoch >= 1 else plain
+        torch.testing.assert_close(call(deferred, outputs, target), call(reference, outputs, target))
+        shift, expected = deferred.prior_shift(), reference.prior_shift()
+        assert (shift is None) == (expected is None)
+    assert not torch.allclose(call(weighted, outputs, target), call(plain, outputs, target))

@@ -19,7 +19,7 @@ from torchvision.ops import sigmoid_focal_loss
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Sigmoid, compute_dtype
 from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled
-from tailsweep.losses.weights import check_weight_spec, resolve_class_weights
+from tailsweep.losses.weights import DeferredReweighting, check_weight_spec, resolve_class_weights
 from tailsweep.tasks import MULTILABEL_TASKS
 
 POS_WEIGHT_SCHEMES = ("none", "neg_pos", "sqrt_neg_pos")
@@ -98,7 +98,7 @@ class MultiLabelLoss(TailLoss):
         return self.num_classes
 
 
-class BinaryCrossEntropyLoss(MultiLabelLoss):
+class BinaryCrossEntropyLoss(DeferredReweighting, MultiLabelLoss):
     """Binary cross-entropy per label with an optional positive weight and an optional label weight.
 
     ``loss_il = -w_l [ q_l y_il log s(z_il) + (1 - y_il) log(1 - s(z_il)) ]``
@@ -115,12 +115,15 @@ class BinaryCrossEntropyLoss(MultiLabelLoss):
     its negatives: the optimum moves from ``s(z) = P(y=1|x)`` to odds multiplied by ``q``, i.e. the optimal
     logit is shifted by ``+log q`` (``prior_shift``), which the prior correction subtracts to get calibrated
     probabilities back.
+
+    ``reweight_from_epoch=E`` defers both weights (plain BCE before epoch E, as LDAM-DRW); the shift follows.
     """
 
     def __init__(self, pos_weight: str | Sequence[float] | None = "none", max_pos_weight: float = 100.0,
                  label_weights: str | Sequence[float] | None = "none", *, beta: float = 0.999, power: float = 0.5,
-                 reduction: str = "mean") -> None:
+                 reweight_from_epoch: int | None = None, reduction: str = "mean") -> None:
         super().__init__(reduction)
+        self.init_reweighting(reweight_from_epoch)
         if isinstance(pos_weight, str) or pos_weight is None:
             if pos_weight is not None and pos_weight not in POS_WEIGHT_SCHEMES:
                 raise ValueError(f"{self.name}: pos_weight must be one of {POS_WEIGHT_SCHEMES} or a list of numbers, "
@@ -156,13 +159,16 @@ class BinaryCrossEntropyLoss(MultiLabelLoss):
                                                   beta=self.beta, power=self.power)
 
     def prior_shift(self) -> Tensor | None:
-        """``log pos_weight`` per label (a logit shift); None without a positive weight."""
-        return None if self.pos_weight is None else self.pos_weight.log()
+        """``log pos_weight`` per label (a logit shift); None without a positive weight (or before
+        ``reweight_from_epoch``)."""
+        return None if self.pos_weight is None or not self.weights_in_force else self.pos_weight.log()
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         logits, target, known = self.prepare(outputs, target)
-        pos_weight = self.optional_buffer("pos_weight", self.pos_weight_spec, logits)
-        label_weight = self.optional_buffer("label_weight", self.label_weight_spec, logits)
+        pos_weight = label_weight = None
+        if self.weights_in_force:
+            pos_weight = self.optional_buffer("pos_weight", self.pos_weight_spec, logits)
+            label_weight = self.optional_buffer("label_weight", self.label_weight_spec, logits)
         pointwise = F.binary_cross_entropy_with_logits(logits, target, weight=label_weight, pos_weight=pos_weight,
                                                        reduction="none")
         return self.finish_labels(pointwise, known)
@@ -240,15 +246,18 @@ class AsymmetricLoss(MultiLabelLoss):
         return self.finish_labels(pointwise, known)
 
 
-class ClassBalancedBCELoss(MultiLabelLoss):
+class ClassBalancedBCELoss(DeferredReweighting, MultiLabelLoss):
     """Class-balanced BCE (Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of Samples"), for
     labels: both terms of label l are weighted by ``w_l = (1 - beta) / (1 - beta^{n_l})`` (``n_l`` positives of
     label l, weights normalised to mean 1), optionally with the focal term ``(1 - p_t)^gamma`` (CB focal).
-    Raises at ``bind`` when a label has no positives (its effective number is 0).
+    Raises at ``bind`` when a label has no positives (its effective number is 0). ``reweight_from_epoch=E``: the
+    weights are 1 before epoch E (as LDAM-DRW).
     """
 
-    def __init__(self, beta: float = 0.999, gamma: float = 0.0, *, reduction: str = "mean") -> None:
+    def __init__(self, beta: float = 0.999, gamma: float = 0.0, *, reweight_from_epoch: int | None = None,
+                 reduction: str = "mean") -> None:
         super().__init__(reduction)
+        self.init_reweighting(reweight_from_epoch)
         if not 0.0 <= beta < 1.0 or gamma < 0:
             raise ValueError(f"{self.name}: expected beta in [0, 1) and gamma >= 0, got {beta} and {gamma}")
         self.beta = beta
@@ -262,8 +271,8 @@ class ClassBalancedBCELoss(MultiLabelLoss):
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         logits, target, known = self.prepare(outputs, target)
-        pointwise = F.binary_cross_entropy_with_logits(logits, target, weight=self.buffer_on("label_weight", logits),
-                                                       reduction="none")
+        weight = self.buffer_on("label_weight", logits) if self.weights_in_force else None
+        pointwise = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
         if self.gamma:
             # 1 - p_t = s(z (1 - 2y)) for hard targets, computed without cancellation
             pointwise = pointwise * power(torch.sigmoid(logits * (1.0 - 2.0 * target)), self.gamma)

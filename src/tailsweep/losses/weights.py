@@ -65,7 +65,24 @@ def check_reweight_epoch(loss_name: str, epoch: int | None) -> int | None:
     return epoch
 
 
-class ClassWeightedMixin:
+class DeferredReweighting:
+    """Deferred re-weighting (``reweight_from_epoch=E``, as LDAM-DRW, Cao et al. 2019) for a loss's weights: they
+    are off (weights 1) in the epochs before ``E`` and in force from epoch ``E`` on. The switch is a function of
+    the epoch number alone (``on_epoch_start(epoch)``, called by the module at every training epoch and after a
+    checkpoint is loaded), so a resumed run weights every epoch as the uninterrupted run did. A loss that was never
+    told an epoch is at epoch 0."""
+
+    def init_reweighting(self, reweight_from_epoch: int | None) -> None:
+        self.reweight_from_epoch = check_reweight_epoch(self.name, reweight_from_epoch)  # type: ignore[attr-defined]
+        self.weights_in_force = self.reweight_from_epoch is None or self.reweight_from_epoch <= 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Switch the weights on at ``reweight_from_epoch`` (off before it)."""
+        super().on_epoch_start(epoch)  # type: ignore[misc]
+        self.weights_in_force = self.reweight_from_epoch is None or epoch >= self.reweight_from_epoch
+
+
+class ClassWeightedMixin(DeferredReweighting):
     """Per-class weights from a scheme, for ``TailLoss`` subclasses: bound from training counts, kept as a buffer.
 
     The subclass calls ``init_class_weights`` in ``__init__`` and ``bind_class_weights(counts)`` in ``receive``; the
@@ -85,18 +102,12 @@ class ClassWeightedMixin:
         self.power = power
         # read at bind: a loss whose own ``power`` means something else (unimodal's exponent) may overwrite it
         self.weight_beta, self.weight_power = beta, power
-        self.reweight_from_epoch = check_reweight_epoch(self.name, reweight_from_epoch)
-        self.weights_in_force = self.reweight_from_epoch is None or self.reweight_from_epoch <= 0
+        self.init_reweighting(reweight_from_epoch)
         self.register_buffer("class_weight", None, persistent=False)
 
     @property
     def weighted(self) -> bool:
         return self.weight_spec not in (None, "none")
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """Switch the class weights on at ``reweight_from_epoch`` (off before it)."""
-        super().on_epoch_start(epoch)  # type: ignore[misc]
-        self.weights_in_force = self.reweight_from_epoch is None or epoch >= self.reweight_from_epoch
 
     def bind_class_weights(self, counts: Tensor) -> None:
         self.class_weight = resolve_class_weights(self.name, self.weight_spec, counts, beta=self.weight_beta,
