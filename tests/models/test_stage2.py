@@ -115,3 +115,11 @@ def test_crt_samples_class_balanced_and_draws_no_empty_class(compose_train) -> N
     assert empty.data.sampler.scheme == "explicit" and list(empty.data.sampler.explicit) == [0.25, 1.0, 1.0]
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
         ClassifierRetraining(epochs=0)
+
+
+def test_the_tau_norm_checkpoint_keeps_the_epoch_its_weights_were_trained_in(compose_train) -> None:
+    """The best epoch of the main fit (not the Trainer's last) is what loading it enters (loss weights, the prior
+    correction of a deferred re-weighting)."""
+    _, record = run_metrics(compose_train(["loss=ce", "stage2=tau_norm", "stage2.taus=[0.0,0.5]", *LIMITS]))
+    epoch = torch.load(record["best_checkpoint"], weights_only=False, map_location="cpu")["epoch"]
+    assert torch.load(record["stage2_checkpoint"], weights_only=False, map_location="cpu")["epoch"] == epoch

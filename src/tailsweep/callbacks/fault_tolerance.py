@@ -97,7 +97,7 @@ class CheckpointOnSigterm(Callback):
         directory = Path(checkpoint.dirpath) if checkpoint and checkpoint.dirpath else (
             Path(trainer.default_root_dir) / CHECKPOINT_DIR)
         path = directory / LAST_CHECKPOINT
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved = True
         rank_zero_info(f"SIGTERM: saved {path} at epoch {trainer.current_epoch}, step {trainer.global_step}")
 

@@ -23,6 +23,7 @@ Both run after the main fit, in the same run directory: the second stage's check
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ class ClassifierRetraining:
         best = stage_trainer.checkpoint_callback.best_model_path if stage_trainer.checkpoint_callback else ""
         if not best:
             best = str(checkpoint_dir(stage_trainer) / "stage2_crt_last.ckpt")
-            stage_trainer.save_checkpoint(best)
+            stage_trainer.save_checkpoint(best, weights_only=False)
         metrics = {key: float(value) for key, value in stage_trainer.callback_metrics.items() if value.numel() == 1}
         metrics["stage2/epochs"] = float(self.epochs)
         return StageResult(stage_trainer, retrained, balanced, Path(best), metrics)
@@ -222,8 +223,7 @@ class TauNormalization:
             checkpoint: str | Path | None) -> StageResult:
         monitor = self.monitor or cfg.get("monitor") or "val/loss"
         mode = self.mode or (cfg.get("monitor_mode") if not self.monitor else None) or monitor_mode(monitor)
-        if checkpoint:
-            load_weights(model, checkpoint)
+        trained_in = load_weights(model, checkpoint)["epoch"] if checkpoint else None
         head = linear_head(model)
         device = trainer.strategy.root_device if trainer.strategy is not None else inference_device()
         val = split_features(model, datamodule, "val", device)
@@ -243,7 +243,16 @@ class TauNormalization:
         with torch.no_grad():
             head.weight.copy_(tau_normalized(trained, best_tau).to(head.weight.device))
         path = checkpoint_dir(trainer) / "stage2_tau_norm.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
+        if trained_in is not None and trainer.is_global_zero:
+            # the epoch the weights were trained in (the Trainer writes its last): loading enters that epoch's
+            # loss weights and prior correction, as for the main fit's checkpoint
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved["epoch"] = trained_in
+            partial = path.with_name(path.name + ".partial")
+            torch.save(saved, partial)
+            os.replace(partial, path)
+        trainer.strategy.barrier("stage2_tau_norm")
         metrics = {"stage2/tau": best_tau, f"stage2/{monitor}": scores[best_tau][monitor],
                    f"stage2/tau0/{monitor}": scores.get(0.0, {}).get(monitor, float("nan"))}
         metrics |= scores[best_tau]  # val/* of the chosen head
