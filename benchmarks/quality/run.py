@@ -19,7 +19,8 @@ Fashion-MNIST-LT (CIFAR-10-LT protocol, imbalance 100, balanced test) with every
 balanced accuracy (macro recall). Their sources must be installed (``pip install -e '.[real]'``, ``apt-get
 install dataset-fashion-mnist``); the sets are generated into the data directory when missing.
 
-Writes ``<out>/quality.md`` (both tables, the command, the budget and the wall time; printed too) and
+``--report-only --out <dir>`` re-makes the tables of an earlier run from its jobs (``quality-remade.md``) without
+training. Writes ``<out>/quality.md`` (both tables, the command, the budget and the wall time; printed too) and
 ``<out>/<task>/comparison.{md,csv,png}``; the job directories are under ``<out>/<task>/<sweep>/<job>/``.
 Missing datasets are generated first (``tailsweep-generate counting`` / ``multilabel``, ~2 minutes).
 """
@@ -156,17 +157,21 @@ def merge_overrides(base: Sequence[str], replacements: Sequence[str]) -> tuple[s
 def loss_configs(task: str) -> tuple[list[str], list[str]]:
     """The loss configs whose loss accepts ``task`` targets (read from the class, not a list kept by hand), and
     the peer configs skipped because their library is missing. Names as ``loss=`` takes them (``peer/corn``)."""
+    from hydra.utils import instantiate
+
     chosen, skipped = [], []
     for path in sorted(LOSS_DIR.rglob("*.yaml")):
         name = path.relative_to(LOSS_DIR).with_suffix("").as_posix()
-        target = OmegaConf.load(path)._target_
-        module_name, _, class_name = target.rpartition(".")
+        config = OmegaConf.load(path)
+        module_name, _, class_name = config._target_.rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
-        if task not in cls.tasks:
-            continue
         peer = PEER_MODULES.get(class_name)
         if peer is not None and importlib.util.find_spec(peer) is None:
-            skipped.append(name)
+            if task in cls.tasks:
+                skipped.append(name)
+            continue
+        # the instance's tasks: a weighted sum accepts what all its members accept (ce + ev_l1: ordinal only)
+        if task not in getattr(instantiate(config), "tasks", cls.tasks):
             continue
         chosen.append(name)
     return chosen, skipped
@@ -271,6 +276,9 @@ def report(benchmark: Benchmark, sweeps: Sequence[Sweep], out: Path) -> tuple[st
     if not directories:
         return notes or "no jobs ran\n", len(crashed) or 1
     rows, metrics = summarize(directories, list(benchmark.metrics), directions=benchmark.directions)
+    planned = {f"loss={loss}" for s in sweeps for loss in s.losses}
+    # only the planned losses (a re-made report of a directory that holds jobs of losses no longer selected)
+    rows = [row for row in rows if not planned or any(o in planned for o in row.overrides)]
     rows = sorted((short_label(row) for row in rows), key=row_order)
     write_comparison(rows, metrics, out / benchmark.name, benchmark.directions)
     failed = sum(row.status != "completed" for row in rows) + len(crashed)
@@ -305,9 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="default: logs/benchmarks/quality/<time>")
     parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                         help="Hydra overrides for every job (e.g. trainer=gpu)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: re-make the tables from the jobs already in --out")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.report_only and (args.out is None or not args.out.is_dir()):
+        parser.error(f"--report-only needs --out, the directory of an earlier run; got {args.out}")
 
     seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
     out = (args.out or ROOT / "logs" / "benchmarks" / "quality" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
@@ -325,23 +337,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         losses = pick_losses(wanted, available)
         if not losses:
             continue
-        ensure_data(benchmark, data_dir)
+        if not args.report_only:
+            ensure_data(benchmark, data_dir)
         sweeps += plan(benchmark, losses, args.workers, out)
     queues = assign(sweeps, args.workers)
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(args.workers) as pool:
-        for future in [pool.submit(run_queue, queue, seeds, budgets, data_dir, args.override, threads)
-                       for queue in queues if queue]:
-            future.result()
+    if not args.report_only:
+        with ThreadPoolExecutor(args.workers) as pool:
+            for future in [pool.submit(run_queue, queue, seeds, budgets, data_dir, args.override, threads)
+                           for queue in queues if queue]:
+                future.result()
     wall = time.perf_counter() - start
 
     command = "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     jobs = sum(len(s.losses) * len(seeds) for s in sweeps)
     lines = [f"Command: `{command.strip()}`{'  (QUICK MODE: a smoke run, not a result)' if args.quick else ''}",
              f"Machine: {machine()}; {args.workers} workers x {threads} threads",
-             f"Jobs: {jobs} ({len(seeds)} seed(s): {' '.join(map(str, seeds))}); wall time {wall / 60:.1f} min "
-             f"(busy per worker: {', '.join(f'{sum(s.seconds for s in q) / 60:.1f}' for q in queues if q)} min)",
+             f"Jobs: {jobs} ({len(seeds)} seed(s): {' '.join(map(str, seeds))}); " + (
+                 f"tables re-made from the jobs in {out} (--report-only)" if args.report_only else
+                 f"wall time {wall / 60:.1f} min (busy per worker: "
+                 f"{', '.join(f'{sum(s.seconds for s in q) / 60:.1f}' for q in queues if q)} min)"),
              ""]
     failed = 0
     for benchmark in chosen:
@@ -355,9 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if skipped[benchmark.name]:
             lines += [f"Skipped (peer library not installed): {', '.join(skipped[benchmark.name])}", ""]
     text = "\n".join(lines)
-    (out / "quality.md").write_text(text)
+    written = out / ("quality-remade.md" if args.report_only else "quality.md")  # the run's own record stays
+    written.write_text(text)
     print(text)
-    print(f"written: {out / 'quality.md'}", file=sys.stderr)
+    print(f"written: {written}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -301,3 +301,29 @@ def test_markdown_with_intervals_epochs_and_verdicts(predicted_sweep, capsys: py
 ])
 def test_directions_come_from_the_metric_classes(name: str, direction: str) -> None:
     assert metric_direction(name) == direction
+
+
+def test_jobs_of_several_sweeps_with_the_same_numbers_keep_their_own_predictions(tmp_path: Path) -> None:
+    """Two multiruns (``w0/0``, ``w1/0``, as the quality benchmark's workers write them) summarised together: each
+    row's interval comes from its own job's predictions (they were once keyed by the job number alone, and the
+    second sweep's job 0 took the first's values)."""
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, CLASSES, N_TEST)
+    group_id = np.arange(N_TEST) // GROUP
+    roots, expected = [], {}
+    for worker, (loss, sharpness) in enumerate((("sharp", 3.0), ("blurred", 0.05))):
+        root = tmp_path / f"w{worker}"
+        root.mkdir()
+        (root / "multirun.yaml").write_text("hydra: {}\n")
+        job = _job(root, 0, ["experiment=counting", f"loss={loss}", "seed=1"])
+        probs = _probabilities(target, sharpness, np.random.default_rng(worker))
+        _write_predictions(job / "predictions.parquet", probs, target, group_id)
+        expected[loss] = float(np.abs(probs.astype(np.float32).astype(np.float64) @ np.arange(CLASSES) - target
+                                      ).mean())
+        (job / "metrics.json").write_text(json.dumps({"status": "completed", "task": "ordinal",
+                                                      "metrics": {"test/ev_mae": expected[loss]}}))
+        roots.append(root)
+    rows, _ = summarize(roots, ["ev_mae"], resamples=50)
+    got = {row.label: row.mean["test/ev_mae"] for row in rows}
+    assert got == pytest.approx({f"loss={loss}": value for loss, value in expected.items()}, rel=1e-9)
+    assert expected["sharp"] < expected["blurred"] / 2

@@ -335,7 +335,8 @@ def summarize(
             for name in names:
                 mean[name], std[name] = _summary([job.metrics[name] for job in done if name in job.metrics])
                 low[name] = high[name] = math.nan
-                per_seed = [recomputed[job.name, name] for job in done if (job.name, name) in recomputed]
+                per_seed = [recomputed[job.directory, name] for job in done
+                            if (job.directory, name) in recomputed]
                 if per_seed and len(per_seed) == len(done):
                     from tailsweep.reporting.bootstrap import interval, over_seeds
 
@@ -354,8 +355,9 @@ def summarize(
     return _mark_best(rows, names, directions, resampled), names
 
 
-def _recompute(jobs: Sequence[Job], names: Sequence[str], resamples: int, seed: int) -> dict[tuple[str, str], Any]:
-    """``(job, metric) -> Resampled`` for the jobs with predictions (one job's predictions in memory at a time)."""
+def _recompute(jobs: Sequence[Job], names: Sequence[str], resamples: int, seed: int) -> dict[tuple[Path, str], Any]:
+    """``(job directory, metric) -> Resampled`` for the jobs with predictions (one job's predictions in memory at a
+    time). Keyed by the directory: jobs of several sweep directories share their numbers (``w0/3``, ``w1/3``)."""
     wanted = [n for n in names if n.startswith("test/")]
     if not wanted or not any(job.predictions for job in jobs):
         return {}
@@ -366,7 +368,7 @@ def _recompute(jobs: Sequence[Job], names: Sequence[str], resamples: int, seed: 
         if job.predictions is not None:
             for name, value in resample_metrics(Predictions.read(job.predictions), wanted, resamples=resamples,
                                                 seed=seed).items():
-                out[job.name, name] = value
+                out[job.directory, name] = value
     return out
 
 
