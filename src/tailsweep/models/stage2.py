@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from tailsweep.hints import data_hints
 from tailsweep.models.build import build_model
-from tailsweep.models.inference import inference_device, load_weights, split_loader
+from tailsweep.models.inference import load_weights, split_loader
 from tailsweep.monitor import monitor_mode
 from tailsweep.utils.checkpointing import CHECKPOINT_DIR
 from tailsweep.utils.loggers import ResumableCSVLogger
@@ -225,7 +225,7 @@ class TauNormalization:
         mode = self.mode or (cfg.get("monitor_mode") if not self.monitor else None) or monitor_mode(monitor)
         trained_in = load_weights(model, checkpoint)["epoch"] if checkpoint else None
         head = linear_head(model)
-        device = trainer.strategy.root_device if trainer.strategy is not None else inference_device()
+        device = trainer.strategy.root_device
         val = split_features(model, datamodule, "val", device)
         trained = head.weight.detach().clone()
         scores: dict[float, dict[str, float]] = {}
