@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
+import math
 import os
 import platform
 import subprocess
@@ -82,9 +83,11 @@ class Benchmark:
     budget: tuple[str, ...]
     quick_losses: tuple[str, ...]
     extra_variants: tuple[tuple[str, ...], ...] = ()
+    grid: tuple[str, ...] = ()  # swept overrides besides loss and seed, in every multirun of the benchmark
     directions: dict[str, str] = field(default_factory=dict)
     directory: str = ""  # under the data dir (what the experiment's data config reads); default: the generator
     default: bool = True  # run without --benchmarks (the real-image tables need installed sources: opt in)
+    losses: tuple[str, ...] = ()  # the loss configs it runs (default: every config of its task)
 
     @property
     def data_subdir(self) -> str:
@@ -102,6 +105,21 @@ BENCHMARKS = {
         # 4 epochs of 60 batches of 128 (30,720 images, about 2 passes over the 16k training images) at 32x32
         budget=("data.image_size=32", "trainer.max_epochs=4", "trainer.limit_train_batches=60"),
         quick_losses=("ce", "rps", "peer/coral", "peer/emd"),
+    ),
+    "counting_levers": Benchmark(
+        name="counting_levers",
+        experiment="counting_levers",
+        task="ordinal",
+        generator="counting",
+        directory="counting",
+        metrics=("test/ev_mae", "test/macro_recall", "test/gmsec", "test/rps", "test/argmax_mae", "test/ece",
+                 "test/group_sum_mae"),
+        # the counting budget; the experiment's own grid: class weights x second stage, for each loss
+        budget=("data.image_size=32", "trainer.max_epochs=4", "trainer.limit_train_batches=60"),
+        quick_losses=("ce", "corn"),
+        grid=("loss.class_weights=none,inverse", "stage2=none,crt,tau_norm"),
+        losses=("ce", "rps", "corn"),
+        default=False,
     ),
     "multilabel": Benchmark(
         name="multilabel",
@@ -145,6 +163,11 @@ BENCHMARKS = {
 #: replaces the same keys of a benchmark's budget; images decoded when drawn instead of all at setup
 QUICK_BUDGET = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                 "trainer.limit_test_batches=1", "trainer.check_val_every_n_epoch=1", "data.cache_images=false")
+
+
+def grid_size(benchmark: Benchmark) -> int:
+    """Jobs per loss and seed: the product of the grid's value counts (``stage2=none,crt,tau_norm``: 3)."""
+    return math.prod(len(item.split("=", 1)[1].split(",")) for item in benchmark.grid)
 
 
 def merge_overrides(base: Sequence[str], replacements: Sequence[str]) -> tuple[str, ...]:
@@ -191,7 +214,8 @@ class Sweep:
     def command(self, seeds: Sequence[int], budget: Sequence[str], data_dir: Path, overrides: Sequence[str]
                 ) -> list[str]:
         return [sys.executable, "-m", "tailsweep.train", "-m", f"experiment={self.benchmark.experiment}",
-                f"loss={','.join(self.losses)}", *self.extra, f"seed={','.join(map(str, seeds))}", *budget,
+                f"loss={','.join(self.losses)}", *self.extra, *self.benchmark.grid, f"seed={','.join(map(str, seeds))}",
+                *budget,
                 *COMMON_OVERRIDES, f"paths.data_dir={data_dir}", f"paths.log_dir={self.directory.parent / 'logs'}",
                 *overrides, f"hydra.sweep.dir={self.directory}"]
 
@@ -333,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped: dict[str, list[str]] = {}
     for benchmark in chosen:
         available, skipped[benchmark.name] = loss_configs(benchmark.task)
-        wanted = args.losses or (benchmark.quick_losses if args.quick else available)
+        wanted = args.losses or (benchmark.quick_losses if args.quick else benchmark.losses or available)
         losses = pick_losses(wanted, available)
         if not losses:
             continue
@@ -351,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - start
 
     command = "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    jobs = sum(len(s.losses) * len(seeds) for s in sweeps)
+    jobs = sum(len(s.losses) * len(seeds) * grid_size(s.benchmark) for s in sweeps)
     lines = [f"Command: `{command.strip()}`{'  (QUICK MODE: a smoke run, not a result)' if args.quick else ''}",
              f"Machine: {machine()}; {args.workers} workers x {threads} threads",
              f"Jobs: {jobs} ({len(seeds)} seed(s): {' '.join(map(str, seeds))}); " + (

@@ -8,8 +8,8 @@ sample's prediction, ``tailsweep.callbacks.predictions``). Jobs are grouped by t
 
 From the predictions, every ``test/`` metric is recomputed by the template's own metric classes and given a 95%
 interval from a paired bootstrap over the test samples (the groups, for group metrics) and the seeds
-(``tailsweep.reporting.bootstrap``): the value is the mean over seeds, the interval that of the mean, and the
-difference of each row to the best row has its own interval, from the same resamples. The verdict column says
+(``tailsweep.reporting.bootstrap``): the value is the mean over seeds, the interval that of the mean (the
+resamples centred on it: macro AP over rare labels is biased upward on resamples), and the difference of each row to the best row has its own interval, from the same resamples. The verdict column says
 ``best``, ``indistinguishable from best`` (the difference's interval contains 0) or ``worse``, for the first
 metric: the run's monitor evaluated on the test split. Jobs without predictions fall back to mean +- sample std
 over seeds of their ``metrics.json``. Each row also shows the monitor's best validation value, the best epoch
@@ -338,11 +338,11 @@ def summarize(
                 per_seed = [recomputed[job.directory, name] for job in done
                             if (job.directory, name) in recomputed]
                 if per_seed and len(per_seed) == len(done):
-                    from tailsweep.reporting.bootstrap import interval, over_seeds
+                    from tailsweep.reporting.bootstrap import attained, interval, over_seeds
 
                     mean[name], draws = over_seeds(per_seed, resamples, seed)
                     std[name] = _summary([r.value for r in per_seed])[1]
-                    low[name], high[name] = interval(draws, LEVEL)
+                    low[name], high[name] = interval(draws, LEVEL, within=attained(per_seed))
                     resampled[name][len(rows)] = draws
             rows.append(SummaryRow(label, key, "completed", len(done), mean, std, jobs=tuple(j.name for j in done),
                                    low=low, high=high, outcome=_outcome(done)))
@@ -487,7 +487,8 @@ def to_markdown(rows: Sequence[SummaryRow], metrics: Sequence[str],
     lines.append("")
     if any(row.low for row in rows) and any(math.isfinite(v) for row in rows for v in row.low.values()):
         lines.append(f"value [{LEVEL:.0%} interval]: mean over seeds, recomputed from predictions.parquet, interval "
-                     "from a paired bootstrap over test samples (groups for group_sum_*) and seeds; Δ to best: the "
+                     "from a paired bootstrap over test samples (groups for group_sum_*) and seeds, centred on the "
+                     "value; Δ to best: the "
                      "paired difference of the first metric to the best row; **bold** = best; ↓ lower is better, "
                      "↑ higher; best epoch: the checkpoint tested (0-based), per seed.")
     else:
