@@ -1,7 +1,9 @@
 """The group-sum loss and weighted sums of losses."""
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Softmax
@@ -122,3 +124,14 @@ def test_shared_probabilities_keep_the_gradient_of_the_separate_sum(monkeypatch)
     monkeypatch.setattr(Softmax, "probabilities", lambda self, outputs: computed.append(1) or softmax(self, outputs))
     combined(logits, labels, groups)
     assert len(computed) == 1  # one softmax serves both members; no per-forward cache is left on an object
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**40), 2**40), max_size=64))
+def test_group_positions_are_the_inverse_of_unique(ids: list[int]) -> None:
+    """The group-sum loss finds each sample's group by a sort (no data-sized output, no host sync on a GPU):
+    the same positions as ``torch.unique(return_inverse=True)``, for any ids, repeated or not, in any order."""
+    from tailsweep.losses.group import group_positions
+
+    group_id = torch.tensor(ids, dtype=torch.long)
+    assert torch.equal(group_positions(group_id), torch.unique(group_id, return_inverse=True)[1])

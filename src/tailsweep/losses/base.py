@@ -84,6 +84,8 @@ class TailLoss(nn.Module):
     #: Value checks on targets (range, rows summing to 1). Each costs one host sync per step on an accelerator;
     #: the lead can set ``TailLoss.validate = False`` once the datamodule has validated the data.
     validate: ClassVar[bool] = True
+    #: True once a batch on an accelerator had its target values checked exactly (on the host)
+    values_checked_on_device: bool = False
 
     def __init__(self, reduction: str = "mean", parametrization: str | Parametrization = "softmax") -> None:
         super().__init__()
@@ -96,6 +98,16 @@ class TailLoss(nn.Module):
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    def value_checks(self, target: Tensor) -> bool | str:
+        """How to check ``target``'s values: ``False`` (checks off), ``True`` (exactly, on the host: on the CPU,
+        and on an accelerator's first batch) or ``"async"`` (later batches on an accelerator: a device assert,
+        no host sync)."""
+        values: bool | str = checks_enabled(self)
+        if values and checks_deferred(target):
+            values = "async" if self.values_checked_on_device else True
+            self.values_checked_on_device = True
+        return values
 
     # ------------------------------------------------------------------ data
     def bind(self, statistics: DatasetStatistics) -> Self:
@@ -210,9 +222,6 @@ class ClassTargetLoss(TailLoss):
     first batch; later batches on an accelerator are checked by an asynchronous device assert (no host sync).
     """
 
-    #: True once a batch on an accelerator had its labels checked exactly
-    labels_checked_on_device: bool = False
-
     def __init__(self, reduction: str = "mean", ignore_index: int | None = -100,
                  parametrization: str | Parametrization = "softmax") -> None:
         super().__init__(reduction, parametrization)
@@ -224,11 +233,8 @@ class ClassTargetLoss(TailLoss):
 
     def prepare_labels(self, num_classes: int, like: Tensor, target: Tensor) -> tuple[int, Tensor, Tensor | None]:
         """``prepare_target`` for ``num_classes`` classes and a batch the size of ``like``'s first dimension."""
-        values: bool | str = checks_enabled(self)
-        if values and checks_deferred(target):
-            values = "async" if self.labels_checked_on_device else True
-            self.labels_checked_on_device = True
-        ignored = check_class_target(self.name, like, target, num_classes, self.ignore_index, values=values)
+        ignored = check_class_target(self.name, like, target, num_classes, self.ignore_index,
+                                     values=self.value_checks(target))
         target = target.long()  # uint8/int16/int32 labels: index with int64 (uint8 would index as a mask)
         if self.ignore_index is None or ignored is False:
             return num_classes, target, None

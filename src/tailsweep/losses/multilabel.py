@@ -18,7 +18,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Sigmoid, compute_dtype
-from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled
+from tailsweep.losses.base import TailLoss, check_tensor
 from tailsweep.losses.weights import DeferredReweighting, check_weight_spec, resolve_class_weights
 from tailsweep.tasks import MULTILABEL_TASKS
 
@@ -37,10 +37,12 @@ def power(base: Tensor, exponent: float) -> Tensor:
     return base.pow(exponent)
 
 
-def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, values: bool = True) -> bool | None:
+def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *,
+                            values: bool | str = True) -> bool | None:
     """Shape equal to the outputs', values in [0, 1] or exactly -1. The value check (when ``values``) costs one
     pass and one host sync (two when unknowns are present); it returns whether any entry is unknown (None when
-    it did not look)."""
+    it did not look). ``values="async"`` checks with ``torch._assert_async`` instead (no host sync on an
+    accelerator, where a failure is a device-side assert) and returns None."""
     check_tensor(loss_name, "target", target, "1/0/-1 per label")
     if target.dtype == torch.bool or target.dtype.is_complex:
         raise ValueError(f"{loss_name}: expected float targets with 1/0/-1 (unknown), got dtype {target.dtype}")
@@ -48,6 +50,10 @@ def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *, 
         raise ValueError(f"{loss_name}: expected targets of shape {tuple(outputs.shape)} (one column per label), "
                          f"got {tuple(target.shape)}")
     if not values or target.numel() == 0:
+        return None
+    if values == "async":
+        torch._assert_async((((target >= 0) & (target <= 1)) | (target == -1)).all(),
+                            f"{loss_name}: expected target values in [0, 1] or -1 (unknown)")
         return None
     low, high = torch.stack(target.aminmax()).tolist()
     unknown = low < 0
@@ -64,15 +70,15 @@ class MultiLabelLoss(TailLoss):
     targets masked."""
 
     tasks: ClassVar[frozenset[str]] = MULTILABEL_TASKS
-
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__(reduction, Sigmoid())
 
     def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Validated logits, targets with unknowns set to 0, and the mask of known entries (None when the value
-        check found no unknowns, which saves the masking passes)."""
+        check found no unknowns, which saves the masking passes). On an accelerator only the first batch is
+        checked on the host; later ones by an asynchronous device assert, always masked (no host sync)."""
         self.ensure_classes(outputs)
-        unknown = check_multilabel_target(self.name, outputs, target, values=checks_enabled(self))
+        unknown = check_multilabel_target(self.name, outputs, target, values=self.value_checks(target))
         dtype = compute_dtype(outputs)
         target = target.to(dtype)
         if unknown is False:

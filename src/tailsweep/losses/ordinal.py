@@ -29,7 +29,7 @@ from torch import Tensor
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Coral, Corn, CumulativeLink, Parametrization, compute_dtype
 from tailsweep.heads.parametrizations import interval_log_probability
-from tailsweep.losses.base import ClassTargetLoss, checks_enabled
+from tailsweep.losses.base import ClassTargetLoss
 from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
 from tailsweep.losses.soft import check_soft_target
 from tailsweep.losses.weights import ClassWeightedMixin
@@ -163,7 +163,8 @@ class RankedProbabilityScoreLoss(OrdinalProbabilityLoss):
     def soft_cdf_squared_error(self, probabilities: Tensor, target: Tensor) -> tuple[int, Tensor]:
         """C and ``sum_i (F_p(i) - F_q(i))^2`` per row for probability rows ``target [B, C]`` (checked)."""
         num_classes = self.size_for(probabilities.shape[1], tuple(probabilities.shape))
-        check_soft_target(self.name, probabilities, target, SOFT_TARGET_TOLERANCE, values=checks_enabled(self))
+        check_soft_target(self.name, probabilities, target, SOFT_TARGET_TOLERANCE,
+                          values=self.value_checks(target))
         gap = probabilities.cumsum(-1) - target.to(probabilities.dtype).cumsum(-1)
         return num_classes, gap[:, :-1].square().sum(-1)
 

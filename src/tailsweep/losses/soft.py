@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import compute_dtype
-from tailsweep.losses.base import TailLoss, check_tensor, checks_enabled
+from tailsweep.losses.base import TailLoss, check_tensor
 from tailsweep.losses.weights import ClassWeightedMixin
 from tailsweep.tasks import CLASS_TASKS, HARD_LABEL_TASKS
 
@@ -28,9 +28,10 @@ COUNT_BY = ("mass", "nonzero")
 
 
 def check_soft_target(loss_name: str, outputs: Tensor, target: Tensor, tolerance: float, *,
-                      values: bool = True) -> None:
+                      values: bool | str = True) -> None:
     """Probability rows: floating dtype, the outputs' shape, entries >= 0 and rows summing to 1 (within
-    ``tolerance``). The value check costs one host sync and runs only when ``values``."""
+    ``tolerance``). The value check costs one host sync and runs only when ``values``; ``values="async"``
+    checks with ``torch._assert_async`` instead (no host sync on an accelerator)."""
     check_tensor(loss_name, "target", target, "probability rows")
     if not target.dtype.is_floating_point:
         raise ValueError(f"{loss_name}: expected floating-point probability targets, got dtype {target.dtype}")
@@ -39,6 +40,11 @@ def check_soft_target(loss_name: str, outputs: Tensor, target: Tensor, tolerance
     if not values or target.numel() == 0:
         return
     row_sums = target.sum(-1)
+    if values == "async":
+        torch._assert_async((target >= 0).all() & ((row_sums - 1.0).abs() <= tolerance).all(),
+                            f"{loss_name}: expected probability rows (entries >= 0, each row summing to 1 within "
+                            f"{tolerance})")
+        return
     low, row_error = torch.stack([target.amin(), (row_sums - 1.0).abs().amax()]).tolist()
     if not (low >= 0 and row_error <= tolerance):  # written so that NaN fails too
         raise ValueError(
@@ -75,7 +81,7 @@ class SoftCrossEntropyLoss(ClassWeightedMixin, TailLoss):
     def prepare(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Validated logits and targets in the compute dtype."""
         self.ensure_classes(outputs)
-        check_soft_target(self.name, outputs, target, self.tolerance, values=checks_enabled(self))
+        check_soft_target(self.name, outputs, target, self.tolerance, values=self.value_checks(target))
         dtype = compute_dtype(outputs)
         return outputs.to(dtype), target.to(dtype)
 

@@ -73,6 +73,7 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 # the metric modules register their names on import
+from tailsweep.losses import base as loss_base  # its checks_deferred: one decision for losses and metrics
 from tailsweep.metrics import adapters, calibration, group, multilabel, ordinal, probability  # noqa: F401
 from tailsweep.metrics.calibration import CALIBRATION_BINS
 from tailsweep.metrics.inputs import TARGET_KIND, check_inputs
@@ -107,7 +108,9 @@ class TaskMetricCollection(MetricCollection):
     host transfer per update, in place of one per member (the members are built with ``validate_args=False``);
     ``"shapes"``: types and shapes only, no host sync (for inputs already checked at the edge, e.g. the training
     step's, whose targets the loss has checked). A list or a NumPy array of label strings, or a tensor of the
-    wrong width, would otherwise reach each metric as an unrelated ``AttributeError``.
+    wrong width, would otherwise reach each metric as an unrelated ``AttributeError``. On an accelerator the
+    values are read on the first update after each ``reset`` (once an epoch) and later updates check types and
+    shapes only, so that validation batches do not wait for the device; on the CPU every update is read.
     """
 
     def __init__(self, metrics: dict[str, Metric], *, task: str, num_classes: int, validate: str = "values",
@@ -122,6 +125,7 @@ class TaskMetricCollection(MetricCollection):
         #: the first member that needs ``group_id``, named when it is missing
         self.group_metric = next((type(m).__name__ for m in metrics.values()
                                   if "group_id" in inspect.signature(m.update).parameters), None)
+        self._values_read = False  # since the last reset, on an accelerator
 
     def check(self, probs: Tensor, target: Tensor, group_id: Tensor | None) -> None:
         """The collection's one check of an update's inputs (``ValueError`` naming the collection, or the group
@@ -129,9 +133,17 @@ class TaskMetricCollection(MetricCollection):
         name = f"{self.task} metrics {self.prefix or ''!r}"
         if group_id is None and self.group_metric is not None:
             name = self.group_metric  # "GroupSumError: needs group_id ..."
+        values = self.validate == "values"
+        deferred = values and loss_base.checks_deferred(probs)
+        values = values and not (deferred and self._values_read)
         check_inputs(name, probs, target, self.num_classes, target_kind=TARGET_KIND[self.task], group_id=group_id,
                      needs_group=self.group_metric is not None or group_id is not None,
-                     max_groups=self.max_groups, values=self.validate == "values")
+                     max_groups=self.max_groups, values=values)
+        self._values_read = self._values_read or deferred
+
+    def reset(self) -> None:
+        super().reset()
+        self._values_read = False
 
     def update(self, probs: Tensor, target: Tensor, *args: Any, **kwargs: Any) -> None:
         """Update every metric with ``probs [B, C]``, ``target`` and (for group metrics) ``group_id``."""

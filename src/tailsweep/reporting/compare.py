@@ -9,9 +9,10 @@ sample's prediction, ``tailsweep.callbacks.predictions``). Jobs are grouped by t
 From the predictions, every ``test/`` metric is recomputed by the template's own metric classes and given a 95%
 interval from a paired bootstrap over the test samples (the groups, for group metrics) and the seeds
 (``tailsweep.reporting.bootstrap``): the value is the mean over seeds, the interval that of the mean (the
-resamples centred on it: macro AP over rare labels is biased upward on resamples), and the difference of each row to the best row has its own interval, from the same resamples. The verdict column says
-``best``, ``indistinguishable from best`` (the difference's interval contains 0) or ``worse``, for the first
-metric: the run's monitor evaluated on the test split. Jobs without predictions fall back to mean +- sample std
+resamples centred on it: macro AP over rare labels is biased upward on resamples), and the difference of each row
+to the best row has its own interval, from the same resamples. The verdict column says ``best``,
+``indistinguishable from best`` (the difference's interval contains 0) or ``worse``, for the first metric: the
+run's monitor evaluated on the test split. Jobs without predictions fall back to mean +- sample std
 over seeds of their ``metrics.json``. Each row also shows the monitor's best validation value, the best epoch
 (the checkpoint tested, 0-based) and how many jobs stopped early.
 
