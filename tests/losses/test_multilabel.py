@@ -96,6 +96,29 @@ def test_asl_matches_timm_and_formula(gamma_neg, gamma_pos, clip):
     torch.testing.assert_close(values, expected.sum(1) / L)
 
 
+@pytest.mark.parametrize(("gamma_neg", "gamma_pos", "clip"),
+                         [(4.0, 1.0, 0.05), (0.0, 0.0, 0.0), (1.0, 1.0, 0.05), (0.5, 3.0, 0.1), (2.5, 0.5, 0.0),
+                          (0.0, 1.0, 0.05)])
+def test_asl_gradient_is_the_formula_s(gamma_neg, gamma_pos, clip):
+    """The hand-written backward against finite differences (float64) and against autograd through the formula,
+    soft targets included; integer exponents (powers by multiplication) and fractional ones, with and without
+    the clip (where it holds p_m at 0 the gradient of the negative part is 0)."""
+    generator = torch.Generator().manual_seed(11)
+    logits = (torch.randn(7, 5, generator=generator, dtype=torch.float64) * 3).requires_grad_()
+    targets = (torch.rand(7, 5, generator=generator, dtype=torch.float64) < 0.3).double()
+    targets[0, :2] = torch.tensor([0.25, 0.8], dtype=torch.float64)
+    loss = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="sum")
+    assert torch.autograd.gradcheck(lambda z: loss(z, targets), (logits,))
+    (fused,) = torch.autograd.grad(loss(logits, targets), logits)
+    p = torch.sigmoid(logits)
+    p_m = (p - clip).clamp_min(0) if clip else p
+    log_rest = torch.log1p(-p_m) if clip else torch.nn.functional.logsigmoid(-logits)
+    formula = -(targets * (1 - p) ** gamma_pos * torch.nn.functional.logsigmoid(logits)
+                + (1 - targets) * p_m**gamma_neg * log_rest)
+    (expected,) = torch.autograd.grad(formula.sum() / 5, logits)
+    torch.testing.assert_close(fused, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_asl_keeps_a_gradient_where_timm_clamps():
     logits = torch.tensor([[-30.0]], requires_grad=True)
     AsymmetricLoss(gamma_pos=0.0)(logits, torch.ones(1, 1)).backward()

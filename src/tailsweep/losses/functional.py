@@ -89,3 +89,79 @@ def class_distance_weighted_ce(logits: Tensor, weight: Tensor, weight_sum: Tenso
     by the caller and their sums ``weight_sum``). Exact and finite at any logit gap: the most likely class's
     ``log(1 - p)`` is computed from the other classes' mass in the runner-up's frame."""
     return _ClassDistanceWeightedCE.apply(logits, weight, weight_sum)
+
+
+def power(base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` with multiplications for the usual small integer exponents (pow is slow on CPU)."""
+    if exponent == 0:
+        return torch.ones_like(base)
+    if exponent == 1:
+        return base
+    if exponent == 2:
+        return base * base
+    if exponent == 3:
+        return base * base * base
+    if exponent == 4:
+        square = base * base
+        return square.mul_(square)
+    return base.pow(exponent)
+
+
+class _AsymmetricFocal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, gamma_pos: float, gamma_neg: float,
+                clip: float) -> Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            p = torch.sigmoid(logits)
+            log_p = torch.nn.functional.logsigmoid(logits)
+            q = 1.0 - p
+            positive = power(q, gamma_pos) * log_p
+            if clip:
+                shifted = (p - clip).clamp_min_(0.0)
+                log_rest = torch.log1p(-shifted)
+            else:
+                shifted = p
+                log_rest = torch.nn.functional.logsigmoid(-logits)
+            # s^(g-1), kept for the backward pass, then s^g from it (g >= 1; below 1, s^(g-1) is infinite at 0)
+            below = power(shifted, gamma_neg - 1.0) if gamma_neg >= 1 else None
+            raised = below * shifted if below is not None else power(shifted, gamma_neg)
+            negative = raised.mul_(log_rest) if raised is not shifted else shifted * log_rest
+            ctx.save_for_backward(p, q, log_p, shifted, log_rest, target, below)
+            ctx.settings = (gamma_pos, gamma_neg, clip)
+            return torch.lerp(negative, positive, target).neg_()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        p, q, log_p, shifted, log_rest, target, below = ctx.saved_tensors
+        gamma_pos, gamma_neg, clip = ctx.settings
+        # The loss is -(y A + (1 - y) B); each share below is already the negated derivative.
+        # A = q^g log p:  dA/dz = q^g (q - g p log p)          (dq/dz = -p q, d log p/dz = q)
+        if gamma_pos:
+            minus_d_positive = torch.mul(p, log_p) if gamma_pos == 1 else (p * log_p).mul_(gamma_pos)
+            minus_d_positive.sub_(q).mul_(power(q, gamma_pos))
+        else:
+            minus_d_positive = -q
+        if clip:
+            # B = s^g log(1 - s), s = max(p - m, 0), ds/dz = p q where s > 0:
+            #   dB/dz = p q (g s^(g-1) log(1 - s) - s^g / (1 - s))
+            if gamma_neg:
+                inner = (shifted / (1.0 - shifted)).sub_(log_rest, alpha=gamma_neg)
+                inner.mul_(below if below is not None else shifted.pow(gamma_neg - 1.0))
+            else:
+                inner = 1.0 / (1.0 - shifted)
+            minus_d_negative = inner.mul_(p).mul_(q)
+            if gamma_neg < 1:  # s^(g-1) is infinite, or 1 / (1 - s) nonzero, where the clip holds s at 0
+                minus_d_negative = torch.where(shifted > 0, minus_d_negative, 0.0)
+        else:
+            # B = p^g log(1 - p):  dB/dz = p^g (g q log(1 - p) - p)
+            minus_d_negative = (q * log_rest).mul_(-gamma_neg).add_(p).mul_(power(p, gamma_neg))
+        return torch.lerp(minus_d_negative, minus_d_positive, target).mul_(grad), None, None, None, None
+
+
+def asymmetric_focal(logits: Tensor, target: Tensor, gamma_pos: float, gamma_neg: float, clip: float) -> Tensor:
+    """``-(y (1 - p)^g+ log p + (1 - y) p_m^g- log(1 - p_m))`` per entry, ``p = s(z)``, ``p_m = max(p - clip, 0)``
+    (ASL, Ridnik et al. 2021), with its gradient written out: one saved set of tensors instead of autograd's
+    graph of a dozen element-wise ops. ``log p`` is ``logsigmoid(z)``; without a clip ``log(1 - p)`` is
+    ``logsigmoid(-z)``. Gradients flow to ``logits`` only."""
+    return _AsymmetricFocal.apply(logits, target, gamma_pos, gamma_neg, clip)

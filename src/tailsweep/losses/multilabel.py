@@ -19,22 +19,11 @@ from torchvision.ops import sigmoid_focal_loss
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Sigmoid, compute_dtype
 from tailsweep.losses.base import TailLoss, check_tensor
+from tailsweep.losses.functional import asymmetric_focal, power
 from tailsweep.losses.weights import DeferredReweighting, check_weight_spec, resolve_class_weights
 from tailsweep.tasks import MULTILABEL_TASKS
 
 POS_WEIGHT_SCHEMES = ("none", "neg_pos", "sqrt_neg_pos")
-
-
-def power(base: Tensor, exponent: float) -> Tensor:
-    """``base ** exponent`` with multiplications for the usual small integer exponents (pow is slow on CPU)."""
-    if exponent == 1:
-        return base
-    if exponent == 2:
-        return base * base
-    if exponent == 4:
-        square = base * base
-        return square * square
-    return base.pow(exponent)
 
 
 def check_multilabel_target(loss_name: str, outputs: Tensor, target: Tensor, *,
@@ -236,19 +225,7 @@ class AsymmetricLoss(MultiLabelLoss):
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         logits, target, known = self.prepare(outputs, target)
-        probability = torch.sigmoid(logits)
-        positive = F.logsigmoid(logits)
-        if self.gamma_pos:
-            positive = positive * power(1.0 - probability, self.gamma_pos)
-        if self.clip:
-            shifted = (probability - self.clip).clamp_min_(0.0)
-            negative = torch.log1p(-shifted)
-        else:
-            shifted = probability
-            negative = F.logsigmoid(-logits)
-        if self.gamma_neg:
-            negative = negative * power(shifted, self.gamma_neg)
-        pointwise = -torch.lerp(negative, positive, target)  # y L+ + (1 - y) L-
+        pointwise = asymmetric_focal(logits, target, self.gamma_pos, self.gamma_neg, self.clip)
         return self.finish_labels(pointwise, known)
 
 
