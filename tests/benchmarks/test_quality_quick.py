@@ -103,7 +103,8 @@ def test_quick_mode_runs_every_sweep_and_writes_both_tables(tmp_path: Path) -> N
 
 def test_real_image_tables_are_opt_in_and_their_losses_are_read_from_the_configs() -> None:
     run = load_runner()
-    assert [name for name, b in run.BENCHMARKS.items() if not b.default] == ["mnist_sum", "fashion_lt"]
+    assert [name for name, b in run.BENCHMARKS.items() if not b.default] == ["counting_levers", "mnist_sum",
+                                                                              "fashion_lt"]
     assert run.BENCHMARKS["fashion_lt"].data_subdir == "fashion_lt" and run.BENCHMARKS["counting"].data_subdir == (
         "counting")
     multiclass, _ = run.loss_configs("multiclass")
@@ -111,3 +112,16 @@ def test_real_image_tables_are_opt_in_and_their_losses_are_read_from_the_configs
     # peer configs may be spelled peer_x or peer/x: both pick the config that exists
     assert run.pick_losses(["peer/corn", "ce", "nope", "ce"], ["ce", "peer_corn"]) == ["peer_corn", "ce"]
     assert run.pick_losses(["peer_corn"], ["peer/corn"]) == ["peer/corn"]
+
+
+def test_the_levers_table_sweeps_its_grid_for_each_of_its_losses(tmp_path: Path) -> None:
+    """``counting_levers``: issue 19's grid (class weights x second stage) for ce, rps and corn, on the counting
+    set's directory; the job count multiplies the grid out."""
+    run = load_runner()
+    levers = run.BENCHMARKS["counting_levers"]
+    assert levers.data_subdir == "counting" and levers.losses == ("ce", "rps", "corn")
+    assert run.grid_size(levers) == 6 and run.grid_size(run.BENCHMARKS["counting"]) == 1
+    (sweep,) = run.plan(levers, ["corn"], 2, tmp_path)
+    command = sweep.command([1, 2], levers.budget, tmp_path / "data", [])
+    assert "experiment=counting_levers" in command and "loss=corn" in command
+    assert {"loss.class_weights=none,inverse", "stage2=none,crt,tau_norm", "seed=1,2"} <= set(command)
