@@ -12,7 +12,7 @@ counter (``_harness.HostSyncCounter``) patches those calls and names the two inn
 Lightning or torchmetrics; AdamW's ``step`` counters live on the CPU and never sync on a GPU.
 
 On the CPU the template reads values on the host at once (nothing to wait for). On an accelerator it defers them
-(``tailsweep.losses.base.checks_deferred``: the label-range check becomes ``torch._assert_async`` after a loss's
+(``tailsweep.deferral.checks_deferred``: the label-range check becomes ``torch._assert_async`` after a loss's
 first batch, the non-finite loss check a device flag read every ``trainer.log_every_n_steps`` steps).
 ``--simulate-accelerator`` makes that one decision answer "accelerator" for every tensor, so that a CPU machine
 counts the syncs a GPU step would make. On a GPU, ``torch.cuda.set_sync_debug_mode("warn")`` counts the syncs
@@ -94,19 +94,18 @@ def accelerator_code_paths(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    import tailsweep.losses.base as base
-    import tailsweep.models.module as module
+    import tailsweep.deferral as deferral
 
-    original = base.checks_deferred
+    original = deferral.checks_deferred
 
     def deferred(value: object) -> bool:
         return isinstance(value, torch.Tensor)
 
-    base.checks_deferred = module.checks_deferred = deferred
+    deferral.checks_deferred = deferred
     try:
         yield
     finally:
-        base.checks_deferred = module.checks_deferred = original
+        deferral.checks_deferred = original
 
 
 @contextmanager

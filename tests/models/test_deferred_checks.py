@@ -1,14 +1,13 @@
 """Checks that would cost a host sync per step on an accelerator are deferred there (issue 18), and still fail
-with a message that names the loss and what went wrong. Simulated on the CPU by making ``checks_deferred``
-answer as it does for an accelerator's tensors."""
+with a message that names the loss and what went wrong. Simulated on the CPU by making
+``tailsweep.deferral.checks_deferred`` answer as it does for an accelerator's tensors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import tailsweep.losses.base
-import tailsweep.models.module
+import tailsweep.deferral
 from tailsweep.losses import BinaryCrossEntropyLoss, CrossEntropyLoss, SoftCrossEntropyLoss
 from tailsweep.models.module import NonFiniteLossError
 from tailsweep.train import train
@@ -17,8 +16,7 @@ from tests.losses.helpers import statistics_for
 
 @pytest.fixture
 def as_on_an_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tailsweep.losses.base, "checks_deferred", lambda value: True)
-    monkeypatch.setattr(tailsweep.models.module, "checks_deferred", lambda value: True)
+    monkeypatch.setattr(tailsweep.deferral, "checks_deferred", lambda value: True)
 
 
 @pytest.mark.usefixtures("as_on_an_accelerator")

@@ -34,11 +34,12 @@ from typing import ClassVar, Self
 import torch
 from torch import Tensor, nn
 
+from tailsweep import deferral
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Parametrization, compute_dtype, make_parametrization
 from tailsweep.tasks import HARD_LABEL_TASKS
 
-__all__ = ["REDUCTIONS", "ClassTargetLoss", "TailLoss", "check_class_target", "check_tensor", "checks_deferred",
+__all__ = ["REDUCTIONS", "ClassTargetLoss", "TailLoss", "check_class_target", "check_tensor",
            "checks_enabled", "compute_dtype"]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -49,12 +50,6 @@ def checks_enabled(loss: TailLoss) -> bool:
     class-level switch ``TailLoss.validate``, or one set on a subclass or instance) and the code is not being
     traced by ``torch.compile``."""
     return bool(loss.validate) and not torch.compiler.is_compiling()
-
-
-def checks_deferred(value: object) -> bool:
-    """True when reading ``value`` on the host would wait for an accelerator (a host sync): checks of it are then
-    deferred (a device flag, an async assert) instead of made at once. On the CPU reading costs nothing."""
-    return isinstance(value, Tensor) and value.device.type != "cpu"
 
 
 def check_tensor(loss_name: str, what: str, value: object, expected: str = "a tensor") -> None:
@@ -104,7 +99,7 @@ class TailLoss(nn.Module):
         and on an accelerator's first batch) or ``"async"`` (later batches on an accelerator: a device assert,
         no host sync)."""
         values: bool | str = checks_enabled(self)
-        if values and checks_deferred(target):
+        if values and deferral.checks_deferred(target):
             values = "async" if self.values_checked_on_device else True
             self.values_checked_on_device = True
         return values

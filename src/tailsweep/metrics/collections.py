@@ -73,7 +73,7 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 # the metric modules register their names on import
-from tailsweep.losses import base as loss_base  # its checks_deferred: one decision for losses and metrics
+from tailsweep import deferral
 from tailsweep.metrics import adapters, calibration, group, multilabel, ordinal, probability  # noqa: F401
 from tailsweep.metrics.calibration import CALIBRATION_BINS
 from tailsweep.metrics.inputs import TARGET_KIND, check_inputs
@@ -134,7 +134,7 @@ class TaskMetricCollection(MetricCollection):
         if group_id is None and self.group_metric is not None:
             name = self.group_metric  # "GroupSumError: needs group_id ..."
         values = self.validate == "values"
-        deferred = values and loss_base.checks_deferred(probs)
+        deferred = values and deferral.checks_deferred(probs)
         values = values and not (deferred and self._values_read)
         check_inputs(name, probs, target, self.num_classes, target_kind=TARGET_KIND[self.task], group_id=group_id,
                      needs_group=self.group_metric is not None or group_id is not None,

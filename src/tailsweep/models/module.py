@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from tailsweep import deferral
 from tailsweep.data.stats import DatasetStatistics
-from tailsweep.losses.base import TailLoss, checks_deferred
+from tailsweep.losses.base import TailLoss
 from tailsweep.metrics.collections import build_metric_collection
 from tailsweep.models.backbones import build_backbone
 from tailsweep.models.calibration import PriorCorrection
@@ -189,7 +190,7 @@ class TailClassifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         outputs, loss = self._step(batch)
-        if self.hparams.nonfinite_loss == "raise" and checks_deferred(loss):
+        if self.hparams.nonfinite_loss == "raise" and deferral.checks_deferred(loss):
             self._record_nonfinite(loss)
         elif not torch.isfinite(loss):
             return self._on_nonfinite_loss(loss, batch)
