@@ -94,6 +94,9 @@ class Benchmark:
         return self.directory or self.generator
 
 
+#: 4 epochs of 60 batches of 128 (30,720 images, about 2 passes over the 16k training images) at 32x32
+COUNTING_BUDGET = ("data.image_size=32", "trainer.max_epochs=4", "trainer.limit_train_batches=60")
+
 BENCHMARKS = {
     "counting": Benchmark(
         name="counting",
@@ -102,8 +105,7 @@ BENCHMARKS = {
         generator="counting",
         metrics=("test/ev_mae", "test/argmax_mae", "test/rps", "test/qwk", "test/macro_recall", "test/ece",
                  "test/group_sum_mae"),
-        # 4 epochs of 60 batches of 128 (30,720 images, about 2 passes over the 16k training images) at 32x32
-        budget=("data.image_size=32", "trainer.max_epochs=4", "trainer.limit_train_batches=60"),
+        budget=COUNTING_BUDGET,
         quick_losses=("ce", "rps", "peer/coral", "peer/emd"),
     ),
     "counting_levers": Benchmark(
@@ -114,8 +116,8 @@ BENCHMARKS = {
         directory="counting",
         metrics=("test/ev_mae", "test/macro_recall", "test/gmsec", "test/rps", "test/argmax_mae", "test/ece",
                  "test/group_sum_mae"),
-        # the counting budget; the experiment's own grid: class weights x second stage, for each loss
-        budget=("data.image_size=32", "trainer.max_epochs=4", "trainer.limit_train_batches=60"),
+        # the experiment's own grid: class weights x second stage, for each loss
+        budget=COUNTING_BUDGET,
         quick_losses=("ce", "corn"),
         grid=("loss.class_weights=none,inverse", "stage2=none,crt,tau_norm"),
         losses=("ce", "rps", "corn"),
