@@ -210,23 +210,36 @@ class Sweep:
     losses: list[str]
     extra: tuple[str, ...]
     directory: Path
+    seeds: tuple[int, ...] = ()  # this sweep's share of the seeds (empty: all of the run's)
     seconds: float = 0.0
     returncode: int | None = None
+
+    def jobs(self, seeds: Sequence[int]) -> int:
+        return len(self.losses) * len(self.seeds or seeds) * grid_size(self.benchmark)
 
     def command(self, seeds: Sequence[int], budget: Sequence[str], data_dir: Path, overrides: Sequence[str]
                 ) -> list[str]:
         return [sys.executable, "-m", "tailsweep.train", "-m", f"experiment={self.benchmark.experiment}",
-                f"loss={','.join(self.losses)}", *self.extra, *self.benchmark.grid, f"seed={','.join(map(str, seeds))}",
+                f"loss={','.join(self.losses)}", *self.extra, *self.benchmark.grid,
+                f"seed={','.join(map(str, self.seeds or seeds))}",
                 *budget,
                 *COMMON_OVERRIDES, f"paths.data_dir={data_dir}", f"paths.log_dir={self.directory.parent / 'logs'}",
                 *overrides, f"hydra.sweep.dir={self.directory}"]
 
 
-def plan(benchmark: Benchmark, losses: Sequence[str], workers: int, out: Path) -> list[Sweep]:
-    """The benchmark's sweeps: its plain ``loss=X`` variants dealt round-robin into ``workers`` multiruns, and
+def plan(benchmark: Benchmark, losses: Sequence[str], workers: int, out: Path, seeds: Sequence[int] = ()
+         ) -> list[Sweep]:
+    """The benchmark's sweeps: its plain ``loss=X`` variants dealt round-robin into ``workers`` multiruns (or,
+    when that leaves workers idle, e.g. 3 losses on 2 workers, every loss with the seeds dealt round-robin), and
     each extra variant of a selected loss as a multirun of its own."""
-    sweeps = [Sweep(benchmark, list(losses[w::workers]), (), out / benchmark.name / f"w{w}")
-              for w in range(workers) if losses[w::workers]]
+    by_loss = math.ceil(len(losses) / workers) * max(1, len(seeds))
+    by_seed = len(losses) * math.ceil(len(seeds) / workers)
+    if seeds and by_seed < by_loss:
+        sweeps = [Sweep(benchmark, list(losses), (), out / benchmark.name / f"w{w}", seeds=tuple(seeds[w::workers]))
+                  for w in range(workers) if seeds[w::workers]]
+    else:
+        sweeps = [Sweep(benchmark, list(losses[w::workers]), (), out / benchmark.name / f"w{w}")
+                  for w in range(workers) if losses[w::workers]]
     for number, variant in enumerate(benchmark.extra_variants):
         loss = variant[0].split("=", 1)[1]
         if loss in losses:
@@ -234,11 +247,11 @@ def plan(benchmark: Benchmark, losses: Sequence[str], workers: int, out: Path) -
     return sweeps
 
 
-def assign(sweeps: Sequence[Sweep], workers: int) -> list[list[Sweep]]:
-    """Longest first onto the least loaded worker (load = number of loss configs)."""
+def assign(sweeps: Sequence[Sweep], workers: int, seeds: Sequence[int] = (1,)) -> list[list[Sweep]]:
+    """Longest first onto the least loaded worker (load = number of jobs)."""
     queues: list[list[Sweep]] = [[] for _ in range(workers)]
-    for sweep in sorted(sweeps, key=lambda s: -len(s.losses)):
-        min(queues, key=lambda q: sum(len(s.losses) for s in q)).append(sweep)
+    for sweep in sorted(sweeps, key=lambda s: -s.jobs(seeds)):
+        min(queues, key=lambda q: sum(s.jobs(seeds) for s in q)).append(sweep)
     return queues
 
 
@@ -365,8 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if not args.report_only:
             ensure_data(benchmark, data_dir)
-        sweeps += plan(benchmark, losses, args.workers, out)
-    queues = assign(sweeps, args.workers)
+        sweeps += plan(benchmark, losses, args.workers, out, seeds)
+    queues = assign(sweeps, args.workers, seeds)
 
     start = time.perf_counter()
     if not args.report_only:
@@ -377,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - start
 
     command = "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    jobs = sum(len(s.losses) * len(seeds) * grid_size(s.benchmark) for s in sweeps)
+    jobs = sum(s.jobs(seeds) for s in sweeps)
     lines = [f"Command: `{command.strip()}`{'  (QUICK MODE: a smoke run, not a result)' if args.quick else ''}",
              f"Machine: {machine()}; {args.workers} workers x {threads} threads",
              f"Jobs: {jobs} ({len(seeds)} seed(s): {' '.join(map(str, seeds))}); " + (

@@ -125,3 +125,9 @@ def test_the_levers_table_sweeps_its_grid_for_each_of_its_losses(tmp_path: Path)
     command = sweep.command([1, 2], levers.budget, tmp_path / "data", [])
     assert "experiment=counting_levers" in command and "loss=corn" in command
     assert {"loss.class_weights=none,inverse", "stage2=none,crt,tau_norm", "seed=1,2"} <= set(command)
+    # 3 losses on 2 workers: dealt by seed instead, so neither worker idles (18 jobs each, not 24 and 12)
+    sweeps = run.plan(levers, ["ce", "rps", "corn"], 2, tmp_path, seeds=[1, 2])
+    assert [(s.losses, s.seeds) for s in sweeps] == [(["ce", "rps", "corn"], (1,)), (["ce", "rps", "corn"], (2,))]
+    assert [s.jobs([1, 2]) for s in sweeps] == [18, 18]
+    assert "seed=2" in sweeps[1].command([1, 2], levers.budget, tmp_path / "data", [])
+    assert [len(s.losses) for s in run.plan(levers, ["ce", "rps", "corn", "emd"], 2, tmp_path, seeds=[1, 2])] == [2, 2]
