@@ -161,6 +161,33 @@ BENCHMARKS = {
         quick_losses=("ce", "balanced_softmax"),
         default=False,
     ),
+    "mnist_sum_levers": Benchmark(
+        name="mnist_sum_levers",
+        experiment="mnist_sum_levers",
+        task="ordinal",
+        generator="mnist-sum",
+        directory="mnist_sum",
+        metrics=("test/group_sum_mae", "test/ev_mae", "test/macro_recall", "test/gmsec", "test/rps",
+                 "test/argmax_mae", "test/ece"),
+        budget=("trainer.max_epochs=25",),  # as mnist_sum
+        quick_losses=("ce", "corn"),
+        grid=("loss.class_weights=none,inverse", "stage2=none,crt,tau_norm"),
+        losses=("ce", "rps", "corn"),
+        default=False,
+    ),
+    "fashion_lt_levers": Benchmark(
+        name="fashion_lt_levers",
+        experiment="fashion_lt_levers",
+        task="multiclass",
+        generator="fashion-lt",
+        directory="fashion_lt",
+        metrics=("test/macro_recall", "test/macro_f1", "test/nll", "test/ece"),
+        budget=("trainer.max_epochs=6",),  # as fashion_lt
+        quick_losses=("ce",),
+        grid=("loss.class_weights=none,inverse", "stage2=none,crt,tau_norm"),
+        losses=("ce",),
+        default=False,
+    ),
 }
 #: replaces the same keys of a benchmark's budget; images decoded when drawn instead of all at setup
 QUICK_BUDGET = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",

@@ -103,8 +103,9 @@ def test_quick_mode_runs_every_sweep_and_writes_both_tables(tmp_path: Path) -> N
 
 def test_real_image_tables_are_opt_in_and_their_losses_are_read_from_the_configs() -> None:
     run = load_runner()
-    assert [name for name, b in run.BENCHMARKS.items() if not b.default] == ["counting_levers", "mnist_sum",
-                                                                              "fashion_lt"]
+    assert [name for name, b in run.BENCHMARKS.items() if not b.default] == [
+        "counting_levers", "mnist_sum", "fashion_lt", "mnist_sum_levers", "fashion_lt_levers"]
+    assert {run.BENCHMARKS[name].data_subdir for name in ("mnist_sum", "mnist_sum_levers")} == {"mnist_sum"}
     assert run.BENCHMARKS["fashion_lt"].data_subdir == "fashion_lt" and run.BENCHMARKS["counting"].data_subdir == (
         "counting")
     multiclass, _ = run.loss_configs("multiclass")
