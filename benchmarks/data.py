@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -40,8 +41,8 @@ from tailsweep.data.samplers import ShardedRandomSampler  # noqa: E402
 from tailsweep.data.transforms import build_transform  # noqa: E402
 
 
-def _rate(items: int, seconds: float) -> str:
-    return f"{items / seconds:,.0f}"
+def _rate(items: int, seconds: float) -> float:
+    return items / seconds
 
 
 def _time_loader(loader: Iterable, budget_s: float) -> tuple[int, float]:
@@ -73,37 +74,69 @@ class SkeletonDataset(Dataset):
         return {"image": self.transform(self.cache[index]), "target": self.targets[index]}
 
 
-def loader_table(manifest: Path, device: str, budget_s: float) -> list[str]:
-    rows = ["| pipeline | workers | images/s |", "|---|---:|---:|"]
+def _pipelines(manifest: Path) -> dict[str, tuple[Iterable, int, float]]:
+    """name -> (training loader, workers, set-up CPU s) of each pipeline compared."""
+    pipelines = {}
+    cache_dir = str(manifest.parent.parent / ".cache" / "images")  # where the configs put it
     for cache in (True, False):
         for workers in (0, 2):
-            datamodule = TailDataModule(str(manifest), task="ordinal", num_classes=30, image_size=48,
-                                        batch_size=128, cache_images=cache, num_workers=workers, vflip=True)
-            start = time.perf_counter()
-            datamodule.setup("fit")
-            setup = time.perf_counter() - start
-            images, seconds = _time_loader(datamodule.train_dataloader(), budget_s)
-            name = "cached uint8, batched flips + normalise" if cache else "PNG decode per sample, batched rest"
-            rows.append(f"| {name} (setup {setup:.1f} s) | {workers} | {_rate(images, seconds)} |")
+            def build(cache: bool = cache, workers: int = workers) -> TailDataModule:
+                return TailDataModule(str(manifest), task="ordinal", num_classes=30, image_size=48, batch_size=128,
+                                      cache_images=cache, cache_dir=cache_dir, num_workers=workers, vflip=True)
+
+            build().setup("fit")  # a cold disk cache is written once here, outside the timed set-ups
+            datamodule = build()
+            _, setup = _timed(lambda datamodule=datamodule: datamodule.setup("fit"), clock=time.process_time)
+            name = ("cached uint8, batched flips + normalise" if cache
+                    else "PNG decode per sample, batched flips + normalise")
+            pipelines[f"{name}, {workers} workers"] = (datamodule.train_dataloader(), workers, setup)
     on_device = TailDataModule(str(manifest), task="ordinal", num_classes=30, image_size=48, batch_size=128,
-                               vflip=True, device_transforms=True)
-    on_device.setup("fit")
-    loader = on_device.train_dataloader()
-    images, seconds = _time_loader(loader, budget_s)
-    rows.append(f"| cached uint8, flips + normalise after transfer (device_transforms) | 0 | "
-                f"{_rate(images, seconds)} (+ on-device transform) |")
-    train = datamodule.split("train")
+                               vflip=True, device_transforms=True, cache_dir=cache_dir)
+    _, setup = _timed(lambda: on_device.setup("fit"), clock=time.process_time)
+    pipelines["cached uint8, flips + normalise after transfer (device_transforms; loader only)"] = (
+        on_device.train_dataloader(), 0, setup)
+    train = on_device.split("train")
     skeleton = SkeletonDataset(train.paths, train.targets, 48)
     for index in range(len(skeleton)):  # warm its PIL cache, as an epoch would
         skeleton.cache[index] = load_image(skeleton.paths[index])
-    images, seconds = _time_loader(DataLoader(skeleton, batch_size=128, shuffle=True), budget_s)
-    rows.append(f"| skeleton: cached PIL, per-sample v2 | 0 | {_rate(images, seconds)} |")
-    rows.append(f"| **model training step** (tiny_cnn + CE, B=128, {device}) | - | "
-                f"{_rate(*_model_step_rate(datamodule, device, budget_s))} |")
+    pipelines["skeleton's pipeline: cached PIL images, per-sample torchvision v2"] = (
+        DataLoader(skeleton, batch_size=128, shuffle=True), 0, float("nan"))
+    return pipelines
+
+
+def loader_table(manifest: Path, device: str, budget_s: float, rounds: int) -> list[str]:
+    """Each pipeline's images/s against the model's training step, measured back to back in each round (wall
+    time: worker processes do not show in this process's CPU time), so the ratio survives a change of load."""
+    pipelines = _pipelines(manifest)
+    datamodule = TailDataModule(str(manifest), task="ordinal", num_classes=30, image_size=48, batch_size=128,
+                                cache_dir=str(manifest.parent.parent / ".cache" / "images"))
+    datamodule.setup("fit")
+    step = _model_step(datamodule, device)
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    ratios: dict[str, list[float]] = {name: [] for name in pipelines}
+    steps: list[float] = []
+    for number in range(rounds):
+        names = list(pipelines)[number % len(pipelines):] + list(pipelines)[:number % len(pipelines)]
+        for name in names:
+            loader_rate = _rate(*_time_loader(pipelines[name][0], budget_s))
+            step_rate = _rate(*_time_steps(step, budget_s))
+            rates[name].append(loader_rate)
+            ratios[name].append(loader_rate / step_rate)
+            steps.append(step_rate)
+    rows = ["| pipeline | workers | set-up CPU s | images/s | x training step (min-max) |",
+            "|---|---:|---:|---:|---:|"]
+    for name, (_, workers, setup) in pipelines.items():
+        spread = sorted(ratios[name])
+        setup_text = "-" if setup != setup else f"{setup:.2f}"  # NaN: no set-up step of its own
+        rows.append(f"| {name} | {workers} | {setup_text} | {statistics.median(rates[name]):,.0f} | "
+                    f"{statistics.median(spread):.1f} ({spread[0]:.1f}-{spread[-1]:.1f}) |")
+    rows.append(f"| **default model's training step** (tiny_cnn + CE + AdamW, B=128, {device}) | - | - | "
+                f"{statistics.median(steps):,.0f} | 1 |")
     return rows
 
 
-def _model_step_rate(datamodule: TailDataModule, device: str, budget_s: float) -> tuple[int, float]:
+def _model_step(datamodule: TailDataModule, device: str) -> Callable[[], int]:
+    """One training step of the default experiment's model (forward, loss, backward, AdamW) on a fixed batch."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -117,60 +150,85 @@ def _model_step_rate(datamodule: TailDataModule, device: str, budget_s: float) -
     batch = next(iter(datamodule.train_dataloader()))
     images, target = batch["image"].to(device), batch["target"].to(device)
 
-    def step() -> None:
+    def step() -> int:
         optimizer.zero_grad(set_to_none=True)
         model.loss(model(images), target).backward()
         optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return images.shape[0]
 
     step()
+    return step
+
+
+def _time_steps(step: Callable[[], int], budget_s: float) -> tuple[int, float]:
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < budget_s:
-        step()
-        count += images.shape[0]
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        count += step()
     return count, time.perf_counter() - start
 
 
-def _timed(fn: Callable[[], object]) -> tuple[object, float]:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], object], clock: Callable[[], float] = time.process_time) -> tuple[object, float]:
+    start = clock()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, clock() - start
 
 
-def sampler_table(sizes: list[int]) -> list[str]:
-    rows = ["| rows N | sampler | setup s | epoch of N draws, s | draws/s |", "|---:|---|---:|---:|---:|"]
+def _alternate(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """CPU seconds of each candidate per round, the order rotating from round to round."""
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
+    for number in range(rounds):
+        for name in names[number % len(names):] + names[:number % len(names)]:
+            seconds[name].append(_timed(candidates[name])[1])
+    return seconds
+
+
+def sampler_table(sizes: list[int], rounds: int) -> list[str]:
+    """One epoch of N index draws per sampler (process CPU time, the samplers alternating in each round):
+    median s, draws/s, and the median (min-max) per-round ratio to ``WeightedRandomSampler`` (to the plain
+    permutation where ``torch.multinomial`` refuses N)."""
+    rows = ["| rows N | sampler | setup CPU s | epoch CPU s | draws/s | x reference (min-max) |",
+            "|---:|---|---:|---:|---:|---:|"]
     class_weight = np.exp(np.linspace(0.0, 5.0, 30))
+    try:
+        from torchsampler import ImbalancedDatasetSampler
+    except ImportError:
+        ImbalancedDatasetSampler = None
     for n in sizes:
         labels = np.random.default_rng(0).integers(0, 30, size=n).astype(np.int8)
         weights = class_weight[labels]
         sampler, setup = _timed(lambda weights=weights, n=n: ShardedRandomSampler(n, weights, seed=0))
-        _, draw = _timed(sampler.indices)
-        rows.append(f"| {n:,} | ShardedRandomSampler (composition-rejection) | {setup:.2f} | {draw:.2f} | "
-                    f"{_rate(n, draw)} |")
         shuffle = ShardedRandomSampler(n, seed=0)
-        _, draw = _timed(shuffle.indices)
-        rows.append(f"| {n:,} | ShardedRandomSampler, no weights (permutation) | 0.00 | {draw:.2f} | "
-                    f"{_rate(n, draw)} |")
-        tensor = torch.from_numpy(weights)
-        reference = WeightedRandomSampler(tensor, n, generator=torch.Generator().manual_seed(0))
-        try:
-            _, draw = _timed(lambda reference=reference: list(reference))
-            rows.append(f"| {n:,} | torch WeightedRandomSampler | 0.00 | {draw:.2f} | {_rate(n, draw)} |")
-        except RuntimeError as error:
-            rows.append(f"| {n:,} | torch WeightedRandomSampler | - | fails: {str(error).splitlines()[0][:60]} | - |")
-        try:
-            from torchsampler import ImbalancedDatasetSampler
-        except ImportError:
-            continue
+        candidates: dict[str, Callable[[], object]] = {
+            "ShardedRandomSampler (composition-rejection)": sampler.indices,
+            "ShardedRandomSampler, no weights (seeded permutation)": shuffle.indices}
+        setups = {"ShardedRandomSampler (composition-rejection)": setup,
+                  "ShardedRandomSampler, no weights (seeded permutation)": 0.0}
+        failures = {}
         if n <= 2**24:
-            peer, setup = _timed(lambda labels=labels: ImbalancedDatasetSampler(labels, labels=labels.tolist()))
-            _, draw = _timed(lambda peer=peer: list(peer))
-            rows.append(f"| {n:,} | torchsampler ImbalancedDatasetSampler | {setup:.2f} | {draw:.2f} | "
-                        f"{_rate(n, draw)} |")
+            reference = "torch WeightedRandomSampler"
+            tensor = torch.from_numpy(weights)
+            candidates[reference] = lambda tensor=tensor, n=n: list(
+                WeightedRandomSampler(tensor, n, generator=torch.Generator().manual_seed(0)))
+            setups[reference] = 0.0
+            if ImbalancedDatasetSampler is not None:
+                peer, setups["torchsampler ImbalancedDatasetSampler"] = _timed(
+                    lambda labels=labels: ImbalancedDatasetSampler(labels, labels=labels.tolist()))
+                candidates["torchsampler ImbalancedDatasetSampler"] = lambda peer=peer: list(peer)
         else:
-            rows.append(f"| {n:,} | torchsampler ImbalancedDatasetSampler | - | fails: > 2^24 categories | - |")
-        del sampler, shuffle, tensor, reference, weights, labels
+            reference = "ShardedRandomSampler, no weights (seeded permutation)"
+            failures["torch WeightedRandomSampler / torchsampler ImbalancedDatasetSampler"] = (
+                "fail: `torch.multinomial` refuses > 2^24 categories")
+        seconds = _alternate(candidates, rounds)
+        for name, times in seconds.items():
+            ratio = sorted(t / r for t, r in zip(times, seconds[reference], strict=True))
+            median = statistics.median(times)
+            rows.append(f"| {n:,} | {name} | {setups[name]:.2f} | {median:.2f} | {n / median / 1e6:.1f} M | "
+                        f"{statistics.median(ratio):.2f} ({ratio[0]:.2f}-{ratio[-1]:.2f}) |")
+        rows += [f"| {n:,} | {name} | - | {why} | - | - |" for name, why in failures.items()]
+        del sampler, shuffle, candidates, weights, labels
     return rows
 
 
@@ -179,7 +237,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="directory holding counting/ (default: generate one)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 50_000_000])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--budget", type=float, default=3.0, help="seconds per loader measurement")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds per loader or step measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--skip-loader", action="store_true")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
@@ -191,8 +250,8 @@ def main() -> None:
             if not manifest.exists():
                 _, seconds = _timed(lambda: generate_counting(data_dir / "counting", CountingConfig()))
                 print(f"generated the default counting set (20,000 images of 48x48) in {seconds:.0f} s\n")
-            print("\n".join(loader_table(manifest, args.device, args.budget)) + "\n")
-    print("\n".join(sampler_table(args.sizes)))
+            print("\n".join(loader_table(manifest, args.device, args.budget, args.rounds)) + "\n")
+    print("\n".join(sampler_table(args.sizes, args.rounds)))
 
 
 if __name__ == "__main__":

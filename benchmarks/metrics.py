@@ -4,10 +4,12 @@
     PYTHONPATH=src python benchmarks/metrics.py --samples 100000 --device cuda
 
 Each metric gets the same pre-drawn batches (a pool reused cyclically, so drawing costs nothing; group ids are
-offset per batch so groups of 8 stay distinct) and is timed from construction to ``compute()`` (synchronised),
-best of ``--repeats``. Ratios are against MulticlassAccuracy with the same ``validate_args`` setting; the multi-label
-rows take ``[B, L]`` inputs, for which torchmetrics' MultilabelAccuracy is shown as the like-for-like reference.
-Prints a markdown table (the ``## Metrics`` section of BENCHMARKS.md records one).
+offset per batch so groups of 8 stay distinct) and is timed from construction to ``compute()``: process CPU time on
+the CPU (what a busy shared machine does not inflate), wall time synchronised on CUDA. Each round times the metric
+and MulticlassAccuracy (same ``validate_args``) back to back, alternating which goes first; the table gives the
+median (min-max) of the per-round ratios over ``--repeats`` rounds. The multi-label rows take ``[B, L]`` inputs,
+for which torchmetrics' MultilabelAccuracy is shown as the like-for-like reference. Prints a markdown table (the
+``## Metrics`` section of BENCHMARKS.md records one).
 
     PYTHONPATH=src python benchmarks/metrics.py --quick               # group-sum distributions at C=30/300/1000
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from functools import partial
@@ -90,26 +93,44 @@ def pool(c: int, batch: int, device: torch.device) -> dict[str, list[tuple[torch
 
 
 def time_metric(build: Callable[[], Metric], kind: str, batches: dict, steps: int, batch: int,
-                device: torch.device, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        metric = build().to(device)
-        for step in range(steps):
-            if kind == "group":
-                probs, target = batches["class"][step % POOL]
-                group_id = torch.arange(batch, device=device) // GROUP_SIZE + step * (batch // GROUP_SIZE + 1)
-                metric.update(probs, target, group_id=group_id)
+                device: torch.device) -> float:
+    """Seconds from construction to the computed value: CPU time of this process, or synchronised wall time on
+    CUDA."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = clock()
+    metric = build().to(device)
+    for step in range(steps):
+        if kind == "group":
+            probs, target = batches["class"][step % POOL]
+            group_id = torch.arange(batch, device=device) // GROUP_SIZE + step * (batch // GROUP_SIZE + 1)
+            metric.update(probs, target, group_id=group_id)
+        else:
+            metric.update(*batches[kind][step % POOL])
+    value = metric.compute()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = clock() - start
+    assert torch.isfinite(value).all(), build
+    return seconds
+
+
+def paired_ratio(build: Callable[[], Metric], yardstick: Callable[[], Metric], kind: str, batches: dict,
+                 steps: int, batch: int, device: torch.device, rounds: int) -> tuple[float, list[float]]:
+    """The metric's median seconds and its per-round ratios to the yardstick, timed back to back in each round
+    (the order alternating), so that a change in the machine's load hits both sides of a ratio alike."""
+    seconds, ratios = [], []
+    for number in range(rounds):
+        pair = {}
+        for side in (("metric", "yardstick") if number % 2 == 0 else ("yardstick", "metric")):
+            if side == "metric":
+                pair[side] = time_metric(build, kind, batches, steps, batch, device)
             else:
-                metric.update(*batches[kind][step % POOL])
-        value = metric.compute()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-        assert torch.isfinite(value).all(), build
-    return best
+                pair[side] = time_metric(yardstick, "class", batches, steps, batch, device)
+        seconds.append(pair["metric"])
+        ratios.append(pair["metric"] / pair["yardstick"])
+    return statistics.median(seconds), sorted(ratios)
 
 
 def _state_bytes(metric: Metric) -> int:
@@ -167,7 +188,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--classes", type=int, default=30)
     parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--only", default=None, help="substring of the metric names to run")
@@ -184,21 +205,23 @@ def main() -> None:
     num_groups = steps * (args.batch // GROUP_SIZE + 1)
     batches = pool(args.classes, args.batch, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    clock = "synchronised wall time" if device.type == "cuda" else "process CPU time"
     print(f"{steps * args.batch:,} samples, C={args.classes}, batches of {args.batch}, device {device} ({name}), "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, best of {args.repeats}\n")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; {clock}, {args.repeats} rounds of the "
+          "metric and MulticlassAccuracy back to back: median s, and median (min-max) of the per-round ratios\n")
     print("| metric | s (validate_args) | x MulticlassAccuracy | s (validate_args=False) | x MulticlassAccuracy |")
     print("|---|---:|---:|---:|---:|")
-    yardstick: dict[bool, float] = {}
-    for label, (build, kind) in candidates(args.classes, num_groups).items():
+    metrics = candidates(args.classes, num_groups)
+    yardstick, _ = metrics["MulticlassAccuracy (yardstick)"]
+    for label, (build, kind) in metrics.items():
         if args.only and args.only not in label and "yardstick" not in label:
             continue
         row = []
         for validate in (True, False):
-            seconds = time_metric(partial(build, validate), kind, batches, steps, args.batch, device, args.repeats)
-            yardstick.setdefault(validate, seconds)
-            row.append(f"{seconds:.2f} | {seconds / yardstick[validate]:.1f}")
+            seconds, ratios = paired_ratio(partial(build, validate), partial(yardstick, validate), kind, batches,
+                                           steps, args.batch, device, args.repeats)
+            row.append(f"{seconds:.2f} | {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
         print(f"| {label} | {' | '.join(row)} |", flush=True)
-
 
 if __name__ == "__main__":
     main()

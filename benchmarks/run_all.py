@@ -28,7 +28,8 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 #: The suite, in the order it runs (cheap first).
 ORDER = ("losses", "metrics", "data", "overhead", "scaling")
 #: ``--quick`` arguments for benchmarks without a ``--quick`` flag of their own.
-QUICK_FALLBACK = {"metrics": ["--samples", "50000", "--repeats", "1", "--threads", "1"]}
+QUICK_FALLBACK = {"metrics": ["--samples", "50000", "--repeats", "1", "--threads", "1"],
+                  "data": ["--sizes", "100000", "--budget", "0.3", "--rounds", "1"]}
 
 
 @dataclass
