@@ -281,7 +281,7 @@ class CDWCELoss(OrdinalLoss):
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
         logits = outputs.to(compute_dtype(outputs))
-        weight = self.buffer_on("distance_weight", logits)[labels]
+        weight = self.buffer_on("distance_weight", logits).index_select(0, labels)
         if self.margin:
             # log(min(1 - p + m, 1)) = log1p(-max(p - m, 0)) >= log(m): finite, with gradients bounded by 1/m
             beyond = (logits.softmax(-1) - self.margin).clamp_min(0.0)
@@ -379,7 +379,7 @@ class SoftOrdinalTargetLoss(OrdinalLoss):
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
         logits = outputs.to(compute_dtype(outputs))
-        soft = self.buffer_on("soft_targets", logits)[labels]
+        soft = self.buffer_on("soft_targets", logits).index_select(0, labels)
         return self.finish_weighted(F.cross_entropy(logits, soft, reduction="none"), labels, valid)
 
 
