@@ -6,6 +6,7 @@ import random
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -218,13 +219,22 @@ class ResumeMidEpoch(Callback):
     The ranks' generators differ whenever they draw different amounts (an augmentation that depends on the
     image, an uneven last batch, a per-rank seed). A checkpoint of another world size restores what fits (the
     ranks it has) and warns; a checkpoint of the older format (one state for all) is restored on every rank.
+
+    Lightning's "your dataloader is not resumable" warning (it looks for ``state_dict`` on the ``DataLoader``, not
+    on its sampler) is silenced for fit: this callback resumes the sampler and logs what it did, or, for a sampler
+    that keeps no position, says that the epoch restarts.
     """
 
     STATE_KEY = "tailsweep_rng_states"
+    LIGHTNING_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
     def __init__(self) -> None:
         self._states: dict[str, Any] | None = None
         self._restore_at_next_batch = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            warnings.filterwarnings("ignore", message=self.LIGHTNING_WARNING)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         states = _rng_states()
