@@ -18,6 +18,7 @@ Prints the Markdown of the ``## Data`` section of BENCHMARKS.md:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -74,10 +75,15 @@ class SkeletonDataset(Dataset):
         return {"image": self.transform(self.cache[index]), "target": self.targets[index]}
 
 
+def _cache_dir(manifest: Path) -> str:
+    """The decoded-image cache of the data directory holding ``manifest``'s set (where the configs put it)."""
+    return str(manifest.parent.parent / ".cache" / "images")
+
+
 def _pipelines(manifest: Path) -> dict[str, tuple[Iterable, int, float]]:
     """name -> (training loader, workers, set-up CPU s) of each pipeline compared."""
     pipelines = {}
-    cache_dir = str(manifest.parent.parent / ".cache" / "images")  # where the configs put it
+    cache_dir = _cache_dir(manifest)
     for cache in (True, False):
         for workers in (0, 2):
             def build(cache: bool = cache, workers: int = workers) -> TailDataModule:
@@ -109,7 +115,7 @@ def loader_table(manifest: Path, device: str, budget_s: float, rounds: int) -> l
     time: worker processes do not show in this process's CPU time), so the ratio survives a change of load."""
     pipelines = _pipelines(manifest)
     datamodule = TailDataModule(str(manifest), task="ordinal", num_classes=30, image_size=48, batch_size=128,
-                                cache_dir=str(manifest.parent.parent / ".cache" / "images"))
+                                cache_dir=_cache_dir(manifest))
     datamodule.setup("fit")
     step = _model_step(datamodule, device)
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
@@ -127,7 +133,7 @@ def loader_table(manifest: Path, device: str, budget_s: float, rounds: int) -> l
             "|---|---:|---:|---:|---:|"]
     for name, (_, workers, setup) in pipelines.items():
         spread = sorted(ratios[name])
-        setup_text = "-" if setup != setup else f"{setup:.2f}"  # NaN: no set-up step of its own
+        setup_text = "-" if math.isnan(setup) else f"{setup:.2f}"  # NaN: no set-up step of its own
         rows.append(f"| {name} | {workers} | {setup_text} | {statistics.median(rates[name]):,.0f} | "
                     f"{statistics.median(spread):.1f} ({spread[0]:.1f}-{spread[-1]:.1f}) |")
     rows.append(f"| **default model's training step** (tiny_cnn + CE + AdamW, B=128, {device}) | - | - | "

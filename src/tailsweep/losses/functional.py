@@ -165,20 +165,25 @@ class _AsymmetricFocal(torch.autograd.Function):
         # one [B, L] tensor saved instead of seven, and nothing recomputed in backward.
         gradient = ctx.needs_input_grad[0]
         with torch.autocast(logits.device.type, enabled=False):
-            flat_logits, flat_target = logits.reshape(-1), target.reshape(-1).to(logits.dtype)
-            value = torch.empty_like(flat_logits)
-            derivative = torch.empty_like(flat_logits) if gradient else None
-            chunk = ASL_CHUNK if logits.device.type == "cpu" else max(ASL_CHUNK, flat_logits.numel())
-            for start in range(0, flat_logits.numel(), chunk):
-                piece = slice(start, start + chunk)
-                piece_value, piece_derivative = _asymmetric_focal_piece(
-                    flat_logits[piece], flat_target[piece], gamma_pos, gamma_neg, clip, gradient)
-                value[piece] = piece_value
-                if derivative is not None:
-                    derivative[piece] = piece_derivative
+            target = target.to(logits.dtype)
+            if logits.device.type != "cpu" or logits.numel() <= ASL_CHUNK:  # one piece: no copies into a buffer
+                value, derivative = _asymmetric_focal_piece(logits, target, gamma_pos, gamma_neg, clip, gradient)
+            else:
+                flat_logits, flat_target = logits.reshape(-1), target.reshape(-1)
+                value = torch.empty_like(flat_logits)
+                derivative = torch.empty_like(flat_logits) if gradient else None
+                for start in range(0, flat_logits.numel(), ASL_CHUNK):
+                    piece = slice(start, start + ASL_CHUNK)
+                    piece_value, piece_derivative = _asymmetric_focal_piece(
+                        flat_logits[piece], flat_target[piece], gamma_pos, gamma_neg, clip, gradient)
+                    value[piece] = piece_value
+                    if derivative is not None:
+                        derivative[piece] = piece_derivative
+                value = value.view_as(logits)
+                derivative = derivative.view_as(logits) if derivative is not None else None
             if derivative is not None:
-                ctx.save_for_backward(derivative.view_as(logits))
-            return value.view_as(logits)
+                ctx.save_for_backward(derivative)
+            return value
 
     @staticmethod
     @once_differentiable
