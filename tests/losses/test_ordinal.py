@@ -20,10 +20,10 @@ from tailsweep.losses import (
     SORDLoss,
     SquaredEMDLoss,
     UnimodalLoss,
+    functional,
     sord_targets,
     unimodal_targets,
 )
-from tailsweep.losses import functional
 from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
 
 C = 7
