@@ -119,6 +119,28 @@ def test_asl_gradient_is_the_formula_s(gamma_neg, gamma_pos, clip):
     torch.testing.assert_close(fused, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("soft", [False, True])
+def test_asl_is_exact_at_extreme_logits(soft):
+    """Below the logit floor log p continues linearly (log s(-1000) = -1000, not -inf or -80), on the 1/0-target
+    path (one log per entry) and on the soft one, against float64 logsigmoid."""
+    logits = torch.tensor([[-1000.0, -85.0, -79.0, 0.3, 50.0, 1000.0]]).repeat(2, 1).requires_grad_()
+    targets = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]])
+    if soft:
+        targets[1, 3] = 0.7
+    loss = AsymmetricLoss(reduction="none")
+    value = loss(logits, targets)
+    reference_logits = logits.detach().double().requires_grad_()
+    p = torch.sigmoid(reference_logits)
+    p_m = (p - 0.05).clamp_min(0)
+    formula = -(targets * (1 - p) * torch.nn.functional.logsigmoid(reference_logits)
+                + (1 - targets) * p_m**4 * torch.log1p(-p_m))
+    reference = formula.sum(1) / 6
+    torch.testing.assert_close(value.double(), reference.detach(), rtol=1e-6, atol=1e-6)
+    value.sum().backward()
+    reference.sum().backward()
+    torch.testing.assert_close(logits.grad.double(), reference_logits.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_asl_pieces_give_the_whole_tensor_s_value_and_gradient(monkeypatch):
     """The fused ASL works through [B, L] in cache-sized pieces: pieces that end inside a row (7 entries of a
     5-wide row) give the values and gradient of one piece."""

@@ -140,30 +140,47 @@ def power(base: Tensor, exponent: float) -> Tensor:
     return base.pow(exponent)
 
 
-#: Elements per piece of the fused ASL: its dozen intermediates (256 KiB each in float32) stay in the CPU's cache
+#: Elements per piece of the fused ASL: its dozen intermediates (512 KiB each in float32) stay in the CPU's cache
 #: instead of making a dozen passes over [B, L] in memory. On CUDA the pieces are few and large.
-ASL_CHUNK = 1 << 16
+ASL_CHUNK = 1 << 17
+
+#: Below this logit ``log s(z) = log s(-80) + (z + 80)`` to float precision (and ``s(-80)`` is a normal float).
+LOGIT_FLOOR = -80.0
 
 
 def _asymmetric_focal_piece(logits: Tensor, target: Tensor, gamma_pos: float, gamma_neg: float, clip: float,
-                            gradient: bool) -> tuple[Tensor, Tensor | None]:
-    """The ASL value of each entry and, with ``gradient``, its derivative in the logit."""
-    p = torch.sigmoid(logits)
-    log_p = torch.nn.functional.logsigmoid(logits)
+                            gradient: bool, value: Tensor | None = None, derivative: Tensor | None = None
+                            ) -> tuple[Tensor, Tensor | None]:
+    """The ASL value of each entry and, with ``gradient``, its derivative in the logit (written into ``value`` /
+    ``derivative`` when given)."""
+    on_cpu = logits.device.type == "cpu"  # where a look at a value costs no sync
+    if clip:
+        floored = logits if on_cpu and not logits.amin() < LOGIT_FLOOR else logits.clamp_min(LOGIT_FLOOR)
+        p = torch.sigmoid(floored)
+        shifted = (p - clip).clamp_min_(0.0)
+        kept = 1.0 - shifted  # >= clip: log(1 - s) needs no log1p
+        if on_cpu and not target.frac().sum():
+            # 1/0 targets: each entry needs only the log of its own term, log p or log(1 - s); the other term
+            # gets that finite stand-in, which the lerps below weight by exactly 0
+            log_rest = torch.lerp(kept, p, target).log_()
+            log_p = log_rest if floored is logits else log_rest + (logits - floored)
+        else:
+            log_p, log_rest = p.log(), kept.log()
+            if floored is not logits:
+                log_p.add_(logits - floored)
+    else:
+        p = torch.sigmoid(logits)
+        shifted = p
+        log_p = torch.nn.functional.logsigmoid(logits)
+        log_rest = torch.nn.functional.logsigmoid(-logits)
     q = 1.0 - p
     q_raised = power(q, gamma_pos)
     positive = q_raised * log_p
-    if clip:
-        shifted = (p - clip).clamp_min_(0.0)
-        log_rest = torch.log1p(-shifted)
-    else:
-        shifted = p
-        log_rest = torch.nn.functional.logsigmoid(-logits)
     # s^(g-1), kept for the gradient, then s^g from it (g >= 1; below 1, s^(g-1) is infinite at 0)
     below = power(shifted, gamma_neg - 1.0) if gamma_neg >= 1 else None
     raised = below * shifted if below is not None else power(shifted, gamma_neg)
     negative = raised.mul_(log_rest) if raised is not shifted else shifted * log_rest
-    value = torch.lerp(negative, positive, target).neg_()
+    value = torch.lerp(negative, positive, target, out=value).neg_()
     if not gradient:
         return value, None
     # The loss is -(y A + (1 - y) B); each share below is already the negated derivative.
@@ -177,17 +194,17 @@ def _asymmetric_focal_piece(logits: Tensor, target: Tensor, gamma_pos: float, ga
         # B = s^g log(1 - s), s = max(p - m, 0), ds/dz = p q where s > 0:
         #   dB/dz = p q (g s^(g-1) log(1 - s) - s^g / (1 - s))
         if gamma_neg:
-            inner = (shifted / (1.0 - shifted)).sub_(log_rest, alpha=gamma_neg)
+            inner = kept.reciprocal_().mul_(shifted).sub_(log_rest, alpha=gamma_neg)
             inner.mul_(below if below is not None else shifted.pow(gamma_neg - 1.0))
         else:
-            inner = 1.0 / (1.0 - shifted)
+            inner = kept.reciprocal_()
         minus_d_negative = inner.mul_(p).mul_(q)
         if gamma_neg < 1:  # s^(g-1) is infinite, or 1 / (1 - s) nonzero, where the clip holds s at 0
             minus_d_negative = torch.where(shifted > 0, minus_d_negative, 0.0)
     else:
         # B = p^g log(1 - p):  dB/dz = p^g (g q log(1 - p) - p)
         minus_d_negative = (q * log_rest).mul_(-gamma_neg).add_(p).mul_(power(p, gamma_neg))
-    return value, torch.lerp(minus_d_negative, minus_d_positive, target)
+    return value, torch.lerp(minus_d_negative, minus_d_positive, target, out=derivative)
 
 
 class _AsymmetricFocal(torch.autograd.Function):
@@ -207,11 +224,9 @@ class _AsymmetricFocal(torch.autograd.Function):
                 derivative = torch.empty_like(flat_logits) if gradient else None
                 for start in range(0, flat_logits.numel(), ASL_CHUNK):
                     piece = slice(start, start + ASL_CHUNK)
-                    piece_value, piece_derivative = _asymmetric_focal_piece(
-                        flat_logits[piece], flat_target[piece], gamma_pos, gamma_neg, clip, gradient)
-                    value[piece] = piece_value
-                    if derivative is not None:
-                        derivative[piece] = piece_derivative
+                    _asymmetric_focal_piece(flat_logits[piece], flat_target[piece], gamma_pos, gamma_neg, clip,
+                                            gradient, value[piece],
+                                            derivative[piece] if derivative is not None else None)
                 value = value.view_as(logits)
                 derivative = derivative.view_as(logits) if derivative is not None else None
             if derivative is not None:
@@ -228,6 +243,8 @@ class _AsymmetricFocal(torch.autograd.Function):
 def asymmetric_focal(logits: Tensor, target: Tensor, gamma_pos: float, gamma_neg: float, clip: float) -> Tensor:
     """``-(y (1 - p)^g+ log p + (1 - y) p_m^g- log(1 - p_m))`` per entry, ``p = s(z)``, ``p_m = max(p - clip, 0)``
     (ASL, Ridnik et al. 2021), with its gradient written out and computed with the value, in cache-sized pieces
-    on the CPU: one saved tensor instead of autograd's graph of a dozen element-wise ops. ``log p`` is
-    ``logsigmoid(z)``; without a clip ``log(1 - p)`` is ``logsigmoid(-z)``. Gradients flow to ``logits`` only."""
+    on the CPU: one saved tensor instead of autograd's graph of a dozen element-wise ops. With a clip, ``log p``
+    is ``log s(z)`` (continued linearly below ``LOGIT_FLOOR``) and ``log(1 - p_m)`` a plain log (``1 - p_m >=
+    clip``), and for 1/0 targets on the CPU one log per entry serves both; without a clip they are
+    ``logsigmoid(z)`` and ``logsigmoid(-z)``. Gradients flow to ``logits`` only."""
     return _AsymmetricFocal.apply(logits, target, gamma_pos, gamma_neg, clip)
