@@ -48,39 +48,46 @@ def cdf_squared_error(probabilities: Tensor, labels: Tensor) -> Tensor:
     return _CDFSquaredError.apply(probabilities, labels)
 
 
-#: Below this many classes CDW-CE works class-major (``[C, B]``) on the CPU: a reduction over rows shorter than two
-#: AVX-512 vectors of float32 does not vectorise (at C=30 a row-wise ``max`` costs as much as the transposing copy
-#: plus every class-major reduction together), while across rows of B it is element-wise. Measured: class-major
-#: 1.08 vs 1.49 ms at C=30, row-major 0.97 vs 1.12 ms at C=32 (B=4096, forward + backward, one thread).
+#: Below this many classes CDW-CE finds each row's top two logits class-major (``[C, B]``) on the CPU: a reduction
+#: over rows shorter than two AVX-512 vectors of float32 does not vectorise (at C=30 a row-wise ``max`` costs as
+#: much as the transposing copy and all three class-major reductions together), while across rows of B it is
+#: element-wise. Measured (B=4096, forward + backward, one thread): class-major 1.08 vs 1.49 ms at C=30, row-major
+#: 0.97 vs 1.12 ms at C=32.
 CLASS_MAJOR_BELOW = 32
 
 
-def prefers_class_major(logits: Tensor) -> bool:
-    """Whether ``class_distance_weighted_ce`` computes ``logits`` class-major (and so wants its weight so)."""
-    return logits.device.type == "cpu" and logits.shape[1] < CLASS_MAJOR_BELOW
+def top_two(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row of ``[B, C]``: the largest logit, the index of one class that has it (the last when tied) and the
+    largest of the others (equal to the first when tied), each ``[B, 1]``. The runner-up may be off by a rounding
+    of the largest on the row-major path; it is only ever used as a frame."""
+    if logits.device.type == "cpu" and logits.shape[1] < CLASS_MAJOR_BELOW:
+        z, dim = logits.t().contiguous(), 0
+    else:
+        z, dim = logits, 1
+    first = z.amax(dim, keepdim=True)
+    shape = [1, 1]
+    shape[dim] = z.shape[dim]
+    classes = torch.arange(z.shape[dim], dtype=z.dtype, device=z.device).view(shape)
+    # entries below the maximum drop below -1 (or to -inf) once scaled; the last class at the maximum wins
+    below = z - first
+    top = torch.add(classes, below, alpha=torch.finfo(z.dtype).max).amax(dim, keepdim=True).long()
+    if dim == 0:
+        second = z.scatter_(0, top, -math.inf).amax(0, keepdim=True)
+        return first.t(), top.t(), second.t()
+    return first, top, below.scatter_(1, top, -math.inf).amax(1, keepdim=True).add_(first)
 
 
 class _ClassDistanceWeightedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, logits: Tensor, weight: Tensor) -> Tensor:
         with autocast_off(logits):
-            class_major = prefers_class_major(logits)
-            dim = 0 if class_major else 1
-            z = logits.t().contiguous() if class_major else logits.clone()
-            weight = weight.t() if class_major else weight
-            first = z.amax(dim, keepdim=True)
-            shape = [1, 1]
-            shape[dim] = z.shape[dim]
-            classes = torch.arange(z.shape[dim], dtype=z.dtype, device=z.device).view(shape)
-            # One top per sample, the last class at the maximum: every other entry drops below -1 (or to -inf).
-            top = torch.add(classes, z - first, alpha=torch.finfo(z.dtype).max).amax(dim, keepdim=True).long()
-            second = z.scatter_(dim, top, -math.inf).amax(dim, keepdim=True)  # the runner-up (= first if tied)
+            first, top, second = top_two(logits)
             # In the runner-up's frame every other class's e_j = e^{z_j - second} lies in [0, 1] and their sum s'
-            # in [1, C - 1], however far ahead the top is; the top's own e^{gap} may overflow and is only ever
-            # used as log S = log(e^{gap} + s'). (Differences are taken from the logits themselves, not from
-            # z - first, whose rounding would be amplified to the gap's magnitude.)
-            e = z.sub_(second).exp_()  # the top's entry is 0
-            others = e.sum(dim, keepdim=True)
+            # in [1, C - 1], however far ahead the top is; the top's own e^{gap} may overflow and is only ever used
+            # as log S = log(e^{gap} + s'). (Taken from the logits themselves: e^{(z_j - first) - (second -
+            # first)} would carry the rounding of z_j - first, of the order of the gap's last digit.)
+            e = (logits - second).exp_().scatter_(1, top, 0.0)
+            others = e.sum(1, keepdim=True)
             log_others = others.log()
             gap = first - second
             log_total = torch.logaddexp(gap, log_others)
@@ -88,9 +95,8 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
             p = e * reciprocal
             rest = 1.0 - p
             # log(1 - p_c) for the others, and log(1 - p_top) = log(s' / S) exactly for the top
-            log_rest = rest.log().scatter_(dim, top, log_others - log_total)
-            loss = log_rest.mul_(weight).sum(dim).neg_()
-            ctx.dim = dim
+            log_rest = rest.log().scatter_(1, top, log_others - log_total)
+            loss = torch.linalg.vecdot(log_rest, weight).neg_()
             ctx.save_for_backward(e, p, rest, weight, top, others, reciprocal, gap.sub_(log_total))
             return loss
 
@@ -98,29 +104,23 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         e, p, rest, weight, top, others, reciprocal, log_top = ctx.saved_tensors
-        dim = ctx.dim
         # dL/dz_k = W_k q_k - p_k sum_c W_c q_c with the odds q_c = p_c / (1 - p_c). The top's odds (S / s' - 1)
         # may overflow, so its share is written without them, with R = sum_{c != top} W_c q_c:
         #   k != top: p_k W_top q_top = W_top e_k p_top / s'      (e_k and s' in the runner-up frame: finite)
         #   k == top: W_top q_top - p_top (R + W_top q_top) = p_top (W_top - R)
         share = p.div(rest).mul_(weight)  # W_c q_c, 0 at the top (p = 0 there)
-        total = share.sum(dim, keepdim=True)
-        weight_top = weight.gather(dim, top)
+        total = share.sum(1, keepdim=True)
+        weight_top = weight.gather(1, top)
         p_top = log_top.exp()
         coefficient = total.mul(reciprocal).addcmul_(weight_top, p_top / others).neg_()
-        result = share.addcmul_(e, coefficient).scatter_(dim, top, p_top * (weight_top - total))
-        result.mul_(grad.unsqueeze(dim))
-        return (result.t() if dim == 0 else result), None
+        result = share.addcmul_(e, coefficient).scatter_(1, top, p_top * (weight_top - total))
+        return result.mul_(grad[:, None]), None
 
 
 def class_distance_weighted_ce(logits: Tensor, weight: Tensor) -> Tensor:
     """``-sum_c W_c log(1 - softmax(z)_c)`` per row, ``[B]`` (CDW-CE, Polat et al. 2022, with the rows
     ``W = |c - y|^alpha`` gathered by the caller). Exact and finite at any logit gap: the most likely class's
-    ``log(1 - p)`` is ``log(s' / S)`` with the other classes' mass ``s'`` taken in the runner-up's frame.
-
-    Where ``prefers_class_major(logits)`` it computes class-major; ``weight`` is then best passed as the transpose
-    of a contiguous ``[C, B]`` tensor (any layout works), and the gradient comes back in that layout.
-    """
+    ``log(1 - p)`` is ``log(s' / S)`` with the other classes' mass ``s'`` taken in the runner-up's frame."""
     return _ClassDistanceWeightedCE.apply(logits, weight)
 
 

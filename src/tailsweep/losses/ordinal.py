@@ -30,7 +30,7 @@ from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import Coral, Corn, CumulativeLink, Parametrization, compute_dtype
 from tailsweep.heads.parametrizations import interval_log_probability
 from tailsweep.losses.base import ClassTargetLoss
-from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce, prefers_class_major
+from tailsweep.losses.functional import cdf_squared_error, class_distance_weighted_ce
 from tailsweep.losses.soft import check_soft_target
 from tailsweep.losses.weights import ClassWeightedMixin
 from tailsweep.tasks import ORDINAL_TASKS
@@ -274,7 +274,7 @@ class CDWCELoss(OrdinalLoss):
         index = torch.arange(num_classes, dtype=torch.float64)
         distance = (index[:, None] - index[None, :]).abs()
         weight = torch.where(distance > 0, distance.pow(self.alpha), 0.0)
-        self.distance_weight = weight.to(torch.float32)  # symmetric: its columns are its rows
+        self.distance_weight = weight.to(torch.float32)
 
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
@@ -284,8 +284,6 @@ class CDWCELoss(OrdinalLoss):
             # log(min(1 - p + m, 1)) = log1p(-max(p - m, 0)) >= log(m): finite, with gradients bounded by 1/m
             beyond = (logits.softmax(-1) - self.margin).clamp_min(0.0)
             per_sample = -torch.linalg.vecdot(table.index_select(0, labels), torch.log1p(-beyond))
-        elif prefers_class_major(logits):  # the kernel's class-major layout: [C, B], viewed as [B, C]
-            per_sample = class_distance_weighted_ce(logits, table.index_select(1, labels).t())
         else:
             per_sample = class_distance_weighted_ce(logits, table.index_select(0, labels))
         return self.finish_weighted(per_sample, labels, valid)
