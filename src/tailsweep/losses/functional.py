@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from tailsweep import deferral
+
 
 def autocast_off(like: Tensor) -> contextlib.AbstractContextManager:
     """A region without autocast on ``like``'s device; a no-op when autocast is off (entering and leaving an
@@ -153,13 +155,13 @@ def _asymmetric_focal_piece(logits: Tensor, target: Tensor, gamma_pos: float, ga
                             ) -> tuple[Tensor, Tensor | None]:
     """The ASL value of each entry and, with ``gradient``, its derivative in the logit (written into ``value`` /
     ``derivative`` when given)."""
-    on_cpu = logits.device.type == "cpu"  # where a look at a value costs no sync
+    look = not deferral.checks_deferred(logits)  # a look at a value on the host costs no sync (the CPU)
     if clip:
-        floored = logits if on_cpu and not logits.amin() < LOGIT_FLOOR else logits.clamp_min(LOGIT_FLOOR)
+        floored = logits if look and not logits.amin() < LOGIT_FLOOR else logits.clamp_min(LOGIT_FLOOR)
         p = torch.sigmoid(floored)
         shifted = (p - clip).clamp_min_(0.0)
         kept = 1.0 - shifted  # >= clip: log(1 - s) needs no log1p
-        if on_cpu and not target.frac().sum():
+        if look and not target.frac().sum():
             # 1/0 targets: each entry needs only the log of its own term, log p or log(1 - s); the other term
             # gets that finite stand-in, which the lerps below weight by exactly 0
             log_rest = torch.lerp(kept, p, target).log_()
