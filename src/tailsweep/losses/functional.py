@@ -73,10 +73,11 @@ def top_two(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # entries below the maximum drop below -1 (or to -inf) once scaled; the last class at the maximum wins
     below = z - first
     top = torch.add(classes, below, alpha=torch.finfo(z.dtype).max).amax(dim, keepdim=True).long()
+    outside = torch.full_like(first, -math.inf)  # scatter_ takes a tensor of values faster than a scalar
     if dim == 0:
-        second = z.scatter_(0, top, -math.inf).amax(0, keepdim=True)
+        second = z.scatter_(0, top, outside).amax(0, keepdim=True)
         return first.t(), top.t(), second.t()
-    return first, top, below.scatter_(1, top, -math.inf).amax(1, keepdim=True).add_(first)
+    return first, top, below.scatter_(1, top, outside).amax(1, keepdim=True).add_(first)
 
 
 class _ClassDistanceWeightedCE(torch.autograd.Function):
@@ -88,7 +89,7 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
             # in [1, C - 1], however far ahead the top is; the top's own e^{gap} may overflow and is only ever used
             # as log S = log(e^{gap} + s'). (Taken from the logits themselves: e^{(z_j - first) - (second -
             # first)} would carry the rounding of z_j - first, of the order of the gap's last digit.)
-            e = (logits - second).exp_().scatter_(1, top, 0.0)
+            e = (logits - second).exp_().scatter_(1, top, torch.zeros_like(second))
             others = e.sum(1, keepdim=True)
             log_others = others.log()
             gap = first - second
