@@ -73,6 +73,7 @@ def top_two(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # entries below the maximum drop below -1 (or to -inf) once scaled; the last class at the maximum wins
     below = z - first
     top = torch.add(classes, below, alpha=torch.finfo(z.dtype).max).amax(dim, keepdim=True).long()
+    top.clamp_(0, z.shape[dim] - 1)  # a NaN row gives no index: any valid one, the row's loss is NaN anyway
     outside = torch.full_like(first, -math.inf)  # scatter_ takes a tensor of values faster than a scalar
     if dim == 0:
         second = z.scatter_(0, top, outside).amax(0, keepdim=True)
@@ -158,7 +159,8 @@ def _asymmetric_focal_piece(logits: Tensor, target: Tensor, gamma_pos: float, ga
     ``derivative`` when given)."""
     look = not deferral.checks_deferred(logits)  # a look at a value on the host costs no sync (the CPU)
     if clip:
-        floored = logits if look and not logits.amin() < LOGIT_FLOOR else logits.clamp_min(LOGIT_FLOOR)
+        low = logits.amin() if look and logits.numel() else None
+        floored = logits if low is not None and not low < LOGIT_FLOOR else logits.clamp_min(LOGIT_FLOOR)
         p = torch.sigmoid(floored)
         shifted = (p - clip).clamp_min_(0.0)
         kept = 1.0 - shifted  # >= clip: log(1 - s) needs no log1p
