@@ -137,3 +137,27 @@ def test_exact_curves_keep_the_split_once_and_start_empty_each_epoch() -> None:
     collection.compute()
     collection.reset()
     assert not collection["val/map"].preds
+
+
+@pytest.mark.parametrize("metric_class", [MultilabelMAP, MultilabelAUROCUnknown])
+def test_macro_over_defined_labels_does_not_warn_about_the_labels_it_leaves_out(metric_class) -> None:
+    """A label without a positive (or without a negative) in the split is left out of the macro mean, so
+    torchmetrics' warning about it is not shown (a 1000-attribute validation split always has such labels); the
+    value still equals the mean over the defined labels."""
+    import warnings
+
+    probs, target = multilabel(N, L, seed=3)
+    target[:, 1] = 0  # no positive
+    target[:, 2] = 1  # no negative
+    metric = metric_class(L)
+    metric.update(probs, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = metric.compute()
+    per_label = metric_class(L, average="none")
+    per_label.update(probs, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = per_label.compute()
+    defined = [label for label in range(L) if label != 1 and (metric_class is MultilabelMAP or label != 2)]
+    torch.testing.assert_close(value, scores[defined].mean())

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -137,9 +138,12 @@ class _DefinedLabelsMacro:
         per_label = average in (None, "none")
         if columns.numel() == 0:
             return preds.new_full((self.num_labels,) if per_label else (), torch.nan)
-        value = type(self)._score(preds[:, columns], target[:, columns].long(), int(columns.numel()),
-                                  average=average, thresholds=None, ignore_index=self.ignore_index,
-                                  validate_args=False)
+        with warnings.catch_warnings():
+            if self.macro_over_defined:  # the labels it warns about are left out of the macro mean below
+                warnings.filterwarnings("ignore", r"No (positive|negative) samples", UserWarning)
+            value = type(self)._score(preds[:, columns], target[:, columns].long(), int(columns.numel()),
+                                      average=average, thresholds=None, ignore_index=self.ignore_index,
+                                      validate_args=False)
         if not per_label:
             return value
         return value.new_full((self.num_labels,), torch.nan).index_copy_(0, columns, value)

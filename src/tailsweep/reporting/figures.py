@@ -10,6 +10,7 @@ tested against a reference on their own.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -207,7 +208,9 @@ def average_precision(scores: Tensor, target: Tensor) -> Tensor:
     metric = MultilabelMAP(scores.shape[1], average="none", validate_args=False)
     metric.update(scores, target)
     has_positive = (target == 1).any(dim=0)
-    return torch.where(has_positive, metric.compute().double(), math.nan)
+    with warnings.catch_warnings():  # torchmetrics' warning about the columns without a positive: NaN here
+        warnings.filterwarnings("ignore", r"No positive samples", UserWarning)
+        return torch.where(has_positive, metric.compute().double(), math.nan)
 
 
 def label_average_precision(predictions: Predictions) -> tuple[Tensor, Tensor, Tensor]:
