@@ -1,5 +1,5 @@
-"""Fused kernels for the ordinal losses whose autograd graphs would be long: per-sample values with a hand-written
-backward, O(B * C) time and memory, finite at any logit.
+"""Fused kernels for the losses whose autograd graphs would be long (RPS/EMD, CDW-CE, ASL): values with a
+hand-written backward, O(B * C) time and memory, finite at any logit.
 
 They run in the dtype they receive (float32 or float64), with autocast switched off inside where it is on.
 """
@@ -18,7 +18,7 @@ from tailsweep import deferral
 
 def autocast_off(like: Tensor) -> contextlib.AbstractContextManager:
     """A region without autocast on ``like``'s device; a no-op when autocast is off (entering and leaving an
-    autocast region costs more than a small kernel's arithmetic)."""
+    autocast region costs a few microseconds a call, against ~0.5 for the check)."""
     device = like.device.type
     return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
 
