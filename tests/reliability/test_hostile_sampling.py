@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tailsweep.data.samplers import OrderedShardSampler, SamplerConfig, ShardedRandomSampler, sampling_weights
@@ -43,6 +43,7 @@ def test_sampler_weights_are_drawn_in_proportion_or_named(weights: list[float], 
     assert (np.abs(frequency - p) <= tolerance).all(), (frequency, p)
 
 
+@example(counts=[1.7e308], scheme="effective_number", beta=0.25, power=0.0, explicit=[0.0])  # n log beta = -inf
 @HOSTILE
 @given(counts=st.lists(HOSTILE_FLOATS, min_size=1, max_size=8), scheme=st.sampled_from(WEIGHT_SCHEMES),
        beta=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([1.0, -0.1, math.nan])),

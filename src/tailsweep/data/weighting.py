@@ -93,11 +93,14 @@ def class_weights(
             weights = torch.ones_like(counts)  # (1 - 0) / (1 - 0 ** n) for n > 0
         else:
             # log(1 - beta**n) = log(-expm1(x)), x = n log beta, keeps its precision for beta close to 1 and small
-            # n; written as log(-x) + log(expm1(x) / x) it stays exact when x underflows to 0 (a tiny mass)
+            # n; written as log(-x) + log(expm1(x) / x) it stays exact when x underflows to 0 (a tiny mass), and
+            # as log(-expm1(x)) where x is large or overflows to -inf (a huge mass: 1 - beta**n = 1)
             log_beta = math.log(beta)
             x = counts * log_beta
             ratio = torch.where(x == 0, 1.0, torch.expm1(x) / x)
-            weights = _scaled_exp(math.log1p(-beta) - counts.log() - math.log(-log_beta) - ratio.log())
+            log_rest = torch.where(x > -1.0, counts.log() + math.log(-log_beta) + ratio.log(),
+                                   torch.log(-torch.expm1(x)))
+            weights = _scaled_exp(math.log1p(-beta) - log_rest)
     else:
         if explicit is None:
             raise ValueError("class_weights: scheme 'explicit' needs a list of weights, got None")
