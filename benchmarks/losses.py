@@ -5,9 +5,9 @@
 
 Prints a Markdown table (the ``## Losses`` section of BENCHMARKS.md). Targets: within 3x of plain CE at the same
 width (the multi-label losses: within 2x of plain BCE, timed in the same turns, column "x BCE"), and no slower
-than the peer's implementation of the same loss. Peers are optional: a missing one is
-skipped. Outputs come from the loss's own head (``make_head``) applied to random features, so that each loss
-sees the value range it is built for. Each time is the fastest of repeated steps after a warm-up; on one CPU
+than the peer's implementation of the same loss. Peers are optional: a missing one is skipped. Outputs come from
+the loss's own head (``make_head``) applied to random features, so that each loss sees the value range it is
+built for. Each time is the fastest of repeated steps after a warm-up; on one CPU
 thread it is CPU time, so that other processes on a shared machine do not inflate it.
 """
 

@@ -279,13 +279,13 @@ class CDWCELoss(OrdinalLoss):
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
         logits = outputs.to(compute_dtype(outputs))
-        table = self.buffer_on("distance_weight", logits)
+        weight = self.buffer_on("distance_weight", logits).index_select(0, labels)
         if self.margin:
             # log(min(1 - p + m, 1)) = log1p(-max(p - m, 0)) >= log(m): finite, with gradients bounded by 1/m
             beyond = (logits.softmax(-1) - self.margin).clamp_min(0.0)
-            per_sample = -torch.linalg.vecdot(table.index_select(0, labels), torch.log1p(-beyond))
+            per_sample = -torch.linalg.vecdot(weight, torch.log1p(-beyond))
         else:
-            per_sample = class_distance_weighted_ce(logits, table.index_select(0, labels))
+            per_sample = class_distance_weighted_ce(logits, weight)
         return self.finish_weighted(per_sample, labels, valid)
 
 
