@@ -9,9 +9,11 @@ Tests and ``benchmarks/syncs.py`` replace ``checks_deferred`` to take the accele
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
 def checks_deferred(value: object) -> bool:
-    """True when reading ``value`` on the host would wait for an accelerator (a host sync)."""
-    return isinstance(value, Tensor) and value.device.type != "cpu"
+    """True when reading ``value`` on the host would wait for an accelerator (a host sync), or would break the
+    graph that ``torch.compile`` is tracing."""
+    return isinstance(value, Tensor) and (value.device.type != "cpu" or torch.compiler.is_compiling())

@@ -197,7 +197,7 @@ def test_a_fresh_loss_sizes_itself_from_the_outputs_once():
         call(loss, torch.randn(4, 10), torch.tensor([0, 8, 3, 1]))
 
 
-@pytest.mark.parametrize("name", ["ce", "rps", "cdw_ce", "clm", "soft_kl", "bce"])
+@pytest.mark.parametrize("name", ["ce", "rps", "cdw_ce", "clm", "soft_kl", "bce", "asl"])
 def test_compiles_without_graph_breaks(name):
     """Under torch.compile the value checks (host syncs) are skipped, so one graph covers the loss."""
     loss, task = bound(name)
