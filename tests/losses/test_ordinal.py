@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tailsweep import deferral
 from tailsweep.data.stats import DatasetStatistics
 from tailsweep.heads import CoralHead, CumulativeLinkHead, prior_exceedance_logits
 from tailsweep.losses import (
@@ -122,25 +123,45 @@ def test_cdw_ce_is_exact_at_extreme_logits():
     torch.testing.assert_close(logits.grad.double(), reference_logits.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("class_major", [True, False])
-@pytest.mark.parametrize("num_classes", [5, 40])
-def test_cdw_ce_kernel_is_exact_in_both_layouts(monkeypatch, class_major, num_classes):
-    """Class-major (few classes on the CPU) and row-major give the float64 log-space values and gradients, on
-    ordinary rows, rows with a far-ahead top, and rows whose top is tied (all equal: an untrained head)."""
-    monkeypatch.setattr(functional, "CLASS_MAJOR_BELOW", 10**6 if class_major else 0)
+@pytest.mark.parametrize("deferred", [False, True])
+@pytest.mark.parametrize("num_classes", [5, 40, functional.GEMV_ROW_SUMS_BELOW + 2])
+def test_cdw_ce_kernel_is_exact_on_both_paths(monkeypatch, deferred, num_classes):
+    """The direct path (the CPU, with its far rows taken to the runner-up's frame; row sums as products with
+    ones below GEMV_ROW_SUMS_BELOW classes, sum(1) above) and the runner-up frame for every row (an accelerator's)
+    give the float64 log-space values and gradients, on ordinary rows, rows with a far-ahead top, rows whose top is
+    tied (all equal: an untrained head), and rows far from 0."""
+    if deferred:
+        monkeypatch.setattr(deferral, "checks_deferred", lambda value: True)
+    runner_up_rows = []
+    runner_up = functional._cdw_ce_runner_up_frame
+
+    def spy(logits, weight, gradient):
+        runner_up_rows.append(logits.shape[0])
+        return runner_up(logits, weight, gradient)
+
+    monkeypatch.setattr(functional, "_cdw_ce_runner_up_frame", spy)
     generator = torch.Generator().manual_seed(11)
     logits = 3.0 * torch.randn(12, num_classes, generator=generator)
     logits[0, 2] = 300.0  # the others underflow in the top's frame
     logits[1] = 0.0  # every class tied
     logits[2, :2] = 8.0  # two tied tops
     logits[3, -1] = 5e3
+    logits[4, 1] = logits[4].max() + 30.0  # dominant, its others' mass a normal float: the direct path
+    logits[5, 0] = logits[5].max() + 50.0  # just past the direct path's floor
+    logits[6, 3] = logits[6].max() + 6.0  # dominant, p ~ 0.99: 1 - p from the others' mass
+    logits[7] += 1e3  # sums out of the direct path's range
+    logits[8] -= 1e3
+    logits[9, 1] = logits[9].mean() + 100.0  # 2^{log2(e) z} overflows: the runner-up's frame takes the row
     labels = torch.randint(0, num_classes, (12,), generator=generator)
     weight = (torch.arange(num_classes)[None, :] - labels[:, None]).abs().float()
     logits.requires_grad_(True)
     value = class_distance_weighted_ce(logits, weight)
+    # the direct path leaves only rows 0, 3, 5 (gaps past its floor) and 7, 8, 9 (sums out of range) to the other
+    assert runner_up_rows == ([12] if deferred else [6])
     reference_logits = logits.detach().double().requires_grad_(True)
     reference = log_space_cdw_ce(reference_logits, labels, 1.0)
-    torch.testing.assert_close(value.double(), reference.detach(), rtol=2e-6, atol=1e-5)
+    # a float32 sum over C terms rounds by up to ~C u
+    torch.testing.assert_close(value.double(), reference.detach(), rtol=max(2e-6, 4e-8 * num_classes), atol=1e-5)
     value.sum().backward()
     reference.sum().backward()
     torch.testing.assert_close(logits.grad.double(), reference_logits.grad, rtol=1e-5, atol=1e-6)
