@@ -169,6 +169,36 @@ def test_cdw_ce_kernel_is_exact_on_both_paths(monkeypatch, deferred, num_classes
     assert torch.autograd.gradcheck(lambda z: class_distance_weighted_ce(z, weight[:3].double()), (small,))
 
 
+@pytest.mark.parametrize("deferred", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("class_weights", ["none", [0.5, 1.0, 2.0, 4.0, 8.0]])
+def test_cdw_ce_summed_route_equals_the_reduced_per_sample_loss(monkeypatch, deferred, reduction, class_weights):
+    """A mean or sum over every sample folds each sample's factor (class weight, 1/B) into its weight rows and
+    sums inside the kernel: value and gradient equal the per-sample losses weighted and reduced, for the loss's own
+    backward, for an upstream gradient other than 1, and for a second backward of a retained graph."""
+    if deferred:
+        monkeypatch.setattr(deferral, "checks_deferred", lambda value: True)
+    generator = torch.Generator().manual_seed(21)
+    logits = (3.0 * torch.randn(40, 5, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    labels = torch.randint(0, 5, (40,), generator=generator)
+    stats = DatasetStatistics.from_labels(torch.arange(5).repeat(3), 5, task="ordinal")
+    summed = CDWCELoss(class_weights=class_weights, reduction=reduction).bind(stats)
+    per_sample = CDWCELoss(class_weights=class_weights, reduction="none").bind(stats)
+    reference_logits = logits.detach().clone().requires_grad_(True)
+    expected = per_sample(reference_logits, labels)
+    expected = expected.mean() if reduction == "mean" else expected.sum()
+    value = summed(logits, labels)
+    assert value.shape == ()
+    torch.testing.assert_close(value, expected)
+    (3.0 * value).backward(retain_graph=True)
+    (3.0 * expected).backward(retain_graph=True)
+    torch.testing.assert_close(logits.grad, reference_logits.grad)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(logits.grad, reference_logits.grad)
+    assert summed(logits[:0], labels[:0]) == 0.0  # an empty batch: 0, as the per-sample reduction
+
+
 def test_fused_kernels_pass_gradcheck():
     generator = torch.Generator().manual_seed(9)
     for num_classes in (2, 5):

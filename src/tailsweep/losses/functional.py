@@ -160,9 +160,10 @@ def _cdw_ce_direct(logits: Tensor, weight: Tensor, gradient: bool) -> tuple[Tens
 
 class _ClassDistanceWeightedCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: FunctionCtx, logits: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, logits: Tensor, weight: Tensor, summed: bool) -> Tensor:
         # The derivative is computed with the value: one [B, C] tensor saved, and nothing recomputed in backward.
         gradient = ctx.needs_input_grad[0]
+        ctx.summed = summed
         with autocast_off(logits):
             if deferral.checks_deferred(logits):  # picking rows out would be a host sync
                 loss, derivative = _cdw_ce_runner_up_frame(logits, weight, gradient)
@@ -176,22 +177,27 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
                         derivative.index_copy_(0, rows, far_derivative)
             if derivative is not None:
                 ctx.save_for_backward(derivative)
-            return loss
+            return loss.sum() if summed else loss
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
         (derivative,) = ctx.saved_tensors
-        return derivative * grad[:, None], None
+        if not ctx.summed:
+            return derivative * grad[:, None], None, None
+        if not deferral.checks_deferred(grad) and grad.item() == 1.0:  # the backward of the loss itself
+            return derivative, None, None
+        return derivative * grad, None, None
 
 
-def class_distance_weighted_ce(logits: Tensor, weight: Tensor) -> Tensor:
-    """``-sum_c W_c log(1 - softmax(z)_c)`` per row, ``[B]`` (CDW-CE, Polat et al. 2022, with the rows
-    ``W = |c - y|^alpha`` gathered by the caller). Exact and finite at any logit gap: the most likely class's
+def class_distance_weighted_ce(logits: Tensor, weight: Tensor, *, summed: bool = False) -> Tensor:
+    """``-sum_c W_c log(1 - softmax(z)_c)`` per row, ``[B]``, or with ``summed`` their sum (CDW-CE, Polat et al.
+    2022, with the rows ``W = |c - y|^alpha`` gathered by the caller, who folds any per-sample factor of a weighted
+    mean into them). Exact and finite at any logit gap: the most likely class's
     ``log(1 - p)`` is the log of the other classes' mass, summed directly (on the CPU: ``_cdw_ce_direct``) or in
     the runner-up's frame (on an accelerator, and for the CPU's rows where the others' mass is no normal float or
     the logits are out of the direct path's range), so that it neither cancels nor underflows."""
-    return _ClassDistanceWeightedCE.apply(logits, weight)
+    return _ClassDistanceWeightedCE.apply(logits, weight, summed)
 
 
 def power(base: Tensor, exponent: float) -> Tensor:

@@ -279,14 +279,24 @@ class CDWCELoss(OrdinalLoss):
     def forward(self, outputs: Tensor, target: Tensor, group_id: Tensor | None = None) -> Tensor:
         _, labels, valid = self.prepare_target(outputs, target)
         logits = outputs.to(compute_dtype(outputs))
-        weight = self.buffer_on("distance_weight", logits).index_select(0, labels)
+        table = self.buffer_on("distance_weight", logits)
         if self.margin:
             # log(min(1 - p + m, 1)) = log1p(-max(p - m, 0)) >= log(m): finite, with gradients bounded by 1/m
             beyond = (logits.softmax(-1) - self.margin).clamp_min(0.0)
-            per_sample = -torch.linalg.vecdot(weight, torch.log1p(-beyond))
-        else:
-            per_sample = class_distance_weighted_ce(logits, weight)
-        return self.finish_weighted(per_sample, labels, valid)
+            per_sample = -torch.linalg.vecdot(table.index_select(0, labels), torch.log1p(-beyond))
+            return self.finish_weighted(per_sample, labels, valid)
+        if self.reduction == "none" or valid is not None:
+            per_sample = class_distance_weighted_ce(logits, table.index_select(0, labels))
+            return self.finish_weighted(per_sample, labels, valid)
+        # A mean or sum over every sample: the loss is linear in each row's weights, so a sample's factor (its class
+        # weight, 1/B for the mean) scales the table row of its label (C x C products), and the kernel returns the
+        # sum itself: no per-sample vector, no reduction node, no multiply in the backward.
+        class_weight = self.weight_on(logits)
+        if class_weight is not None:
+            table = table * class_weight[:, None]
+        if self.reduction == "mean" and labels.shape[0]:
+            table = table * (1.0 / labels.shape[0])
+        return class_distance_weighted_ce(logits, table.index_select(0, labels), summed=True)
 
 
 def sord_targets(num_classes: int, alpha: float = 1.0, distance: str = "absolute") -> Tensor:
