@@ -193,10 +193,10 @@ class _ClassDistanceWeightedCE(torch.autograd.Function):
 def class_distance_weighted_ce(logits: Tensor, weight: Tensor, *, summed: bool = False) -> Tensor:
     """``-sum_c W_c log(1 - softmax(z)_c)`` per row, ``[B]``, or with ``summed`` their sum (CDW-CE, Polat et al.
     2022, with the rows ``W = |c - y|^alpha`` gathered by the caller, who folds any per-sample factor of a weighted
-    mean into them). Exact and finite at any logit gap: the most likely class's
-    ``log(1 - p)`` is the log of the other classes' mass, summed directly (on the CPU: ``_cdw_ce_direct``) or in
-    the runner-up's frame (on an accelerator, and for the CPU's rows where the others' mass is no normal float or
-    the logits are out of the direct path's range), so that it neither cancels nor underflows."""
+    mean into them). Exact and finite at any logit gap: the most likely class's ``log(1 - p)`` is the log of the
+    other classes' mass, summed directly (on the CPU: ``_cdw_ce_direct``) or in the runner-up's frame (on an
+    accelerator, and for the CPU's rows where the others' mass is no normal float or the logits are out of the
+    direct path's range), so that it neither cancels nor underflows."""
     return _ClassDistanceWeightedCE.apply(logits, weight, summed)
 
 
