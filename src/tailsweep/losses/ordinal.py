@@ -286,7 +286,7 @@ class CDWCELoss(OrdinalLoss):
             per_sample = -torch.linalg.vecdot(table.index_select(0, labels), torch.log1p(-beyond))
             return self.finish_weighted(per_sample, labels, valid)
         if self.reduction == "none" or valid is not None:
-            per_sample = class_distance_weighted_ce(logits, table.index_select(0, labels), labels)
+            per_sample = class_distance_weighted_ce(logits, table.index_select(0, labels))
             return self.finish_weighted(per_sample, labels, valid)
         # A mean or sum over every sample: the loss is linear in each row's weights, so a sample's factor (its class
         # weight, 1/B for the mean) scales the table row of its label (C x C products), and the kernel returns the
@@ -296,7 +296,7 @@ class CDWCELoss(OrdinalLoss):
             table = table * class_weight[:, None]
         if self.reduction == "mean" and labels.shape[0]:
             table = table * (1.0 / labels.shape[0])
-        return class_distance_weighted_ce(logits, table.index_select(0, labels), labels, summed=True)
+        return class_distance_weighted_ce(logits, table.index_select(0, labels), summed=True)
 
 
 def sord_targets(num_classes: int, alpha: float = 1.0, distance: str = "absolute") -> Tensor:
