@@ -6,8 +6,9 @@
 Each fresh process (plain torch, nothing of tailsweep imported) times ``torch.log1p`` over [4096, 30], ``logsigmoid``
 and ``F.binary_cross_entropy_with_logits`` over [4096, 1000], then calls ``cpu_math.prime_vectorised_log1p`` (what
 ``import tailsweep.losses`` does) and times them again: the state changes one way only, so the two sides cannot
-alternate; each time is the fastest of several calls in CPU time on one thread. Prints a Markdown table of the
-median (min-max) over the processes.
+alternate; each time is the fastest of several calls in CPU time on one thread, after glibc's allocator has been
+warmed (as in ``losses.py``), so that page faults of fresh blocks do not enter either side. Prints a Markdown table
+of the median (min-max) over the processes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import json, sys, time
 import torch
 import torch.nn.functional as F
 torch.set_num_threads(1)
+# glibc serves large blocks with mmap (page faults on every fresh tensor) until the first such block is freed
+warm = torch.ones(64 * 2**20, dtype=torch.uint8)
+del warm
 import importlib.util
 spec = importlib.util.spec_from_file_location("cpu_math", sys.argv[1] + "/tailsweep/cpu_math.py")
 cpu_math = importlib.util.module_from_spec(spec); spec.loader.exec_module(cpu_math)
